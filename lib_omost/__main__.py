@@ -1,0 +1,3 @@
+from lib_omost.cli import main
+
+raise SystemExit(main())

@@ -93,6 +93,7 @@ class Region:
     prefixes: list
     suffixes: list
     is_global: bool = False
+    raw: bool = False  # given only as rect + sub-prompts (ComfyUI_omost JSON): no original Canvas fields
     location: str | None = None
     offset: str | None = None
     area: str | None = None
@@ -268,7 +269,7 @@ _UNSUPPORTED = {
 
 def _literal(node, where: str):
     """A literal argument: str, int, float, or a list/tuple of those; anything else is an error."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float)) and not isinstance(node.value, bool):
+    if isinstance(node, ast.Constant) and (node.value is None or isinstance(node.value, (str, int, float))):
         if isinstance(node.value, str) and len(node.value) > MAX_STRING_CHARS:
             raise CanvasError(f'{where}: string longer than {MAX_STRING_CHARS} characters', node.lineno,
                               node.col_offset + 1)
@@ -291,17 +292,18 @@ def _call_arguments(call: ast.Call, names: tuple, where: str, warnings: list) ->
     if len(call.args) > len(names):
         raise CanvasError(f'{where}: too many positional arguments ({len(call.args)} > {len(names)})',
                           call.lineno, call.col_offset + 1)
-    values = {}
-    for name, node in zip(names, call.args):
-        values[name] = (_literal(node, where), node)
+    nodes = dict(zip(names, call.args))
     for kw in call.keywords:
         if kw.arg not in names:
             warnings.append(f'line {kw.value.lineno}: {where}: ignored unknown argument {kw.arg!r}')
             continue
-        if kw.arg in values:
+        if kw.arg in nodes:
             raise CanvasError(f'{where}: argument {kw.arg!r} given twice', kw.value.lineno, kw.value.col_offset + 1)
-        values[kw.arg] = (_literal(kw.value, where), kw.value)
-    return values
+        nodes[kw.arg] = kw.value
+    label = nodes.get('description')
+    if not where.startswith('global') and isinstance(label, ast.Constant) and isinstance(label.value, str):
+        where = f'{where} ({label.value[:40]!r})'
+    return {name: (_literal(node, f'{where}: field {name!r}'), node) for name, node in nodes.items()}
 
 
 def _describe(stmt: ast.stmt) -> str:
@@ -465,6 +467,11 @@ def parse_canvas(text: str) -> ParseResult:
 
 
 def _region_json(r: Region) -> dict:
+    if r.raw:
+        d = {'rect': list(r.rect), 'prefixes': list(r.prefixes), 'suffixes': list(r.suffixes), 'color': list(r.color)}
+        if not r.is_global:
+            d['distance_to_viewer'] = r.distance_to_viewer
+        return d
     d = {'description': r.description, 'detailed_descriptions': list(r.detailed_descriptions), 'tags': r.tags}
     if not r.is_global:
         d.update(location=r.location, offset=r.offset, area=r.area, distance_to_viewer=r.distance_to_viewer,
@@ -513,7 +520,7 @@ def _raw_region(d: dict, where: str, is_global: bool, distance: float | None) ->
     color = _check_color(d['color'], where) if 'color' in d else (0, 0, 0)
     rect = _check_rect(d.get('rect'), where)
     return Region(description=prefixes[-1], detailed_descriptions=[], tags='', color_name='', color=color,
-                  rect=rect, prefixes=prefixes, suffixes=suffixes, is_global=is_global,
+                  rect=rect, prefixes=prefixes, suffixes=suffixes, is_global=is_global, raw=True,
                   distance_to_viewer=distance)
 
 
@@ -598,14 +605,13 @@ def canvas_to_code(canvas: Canvas) -> str:
     def lst(items):
         return '[\n' + ''.join(f'    {s(x)},\n' for x in items) + ']'
 
+    if any(r.raw for r in canvas.regions):
+        raise CanvasError('this canvas came from ComfyUI JSON (rects only) and has no Canvas code form; use its JSON')
     g = canvas.global_region
     out = ['canvas = Canvas()', 'canvas.set_global_description(',
            f'description={s(g.description)},', f'detailed_descriptions={lst(g.detailed_descriptions)},',
-           f'tags={s(g.tags)},', f'HTML_web_color_name={s(g.color_name or "black")},', ')']
+           f'tags={s(g.tags)},', f'HTML_web_color_name={s(g.color_name)},', ')']
     for r in canvas.local_regions:
-        if r.location is None:
-            raise CanvasError('this canvas came from ComfyUI JSON (rects only) and has no Canvas code form; '
-                              'use its JSON')
         out += ['canvas.add_local_description(', f'location={s(r.location)},', f'offset={s(r.offset)},',
                 f'area={s(r.area)},', f'distance_to_viewer={r.distance_to_viewer!r},',
                 f'description={s(r.description)},', f'detailed_descriptions={lst(r.detailed_descriptions)},',

@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--prompt', default='', help="the WebUI prompt box's text (quality words, <lora:...> tags)")
     p.add_argument('--prompt-target', choices=['every', 'global'], default='every',
                    help='add the prompt box text to every bag or to the global region only')
+    p.add_argument('--presets', default=None, metavar='JSON', help='your own tag presets file (adds to the shipped ones)')
     p.set_defaults(func=cmd_bags)
 
     p = sub.add_parser('chat', help='ask an Omost LLM for a canvas; streams the reply to stdout')

@@ -1,0 +1,295 @@
+"""In-process transformers backend, the way Omost's `chat_fn` runs it: the tokenizer's chat template,
+`generate()` in a thread feeding a `TextIteratorStreamer`, a stopping criterion watching the stop event, and
+`torch.manual_seed(seed)` before sampling (temperature 0 = greedy).
+
+Versions are checked from the model's config files before anything is loaded: an old transformers would load
+Llama-3 and silently produce garbage (4.30.2 ignores `rope_theta`), and bitsandbytes is only touched (by
+transformers) for the quantised checkpoints, after checking that it can work here.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import threading
+
+from lib_omost.llm.conversation import BUDGET_FULL, CONTEXT_TOKENS, ChatError, ChatParams
+from lib_omost.llm.models import catalogue_entry, download_model, is_complete
+
+ALTERNATIVES = ('Alternatives: run the model on an OpenAI-compatible server (llama.cpp `llama-server` or Ollama '
+                'with a GGUF of it) and choose the Server backend, or use Forge (transformers 4.46).')
+BNB_MIN = (0, 43, 1)  # loading pre-quantised 4-bit checkpoints
+
+
+def package_version(name: str) -> tuple | None:
+    try:
+        text = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return tuple(int(x) for x in re.findall(r'\d+', text.split('+')[0])[:3])
+
+
+def _fmt(version: tuple) -> str:
+    return '.'.join(map(str, version))
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding='utf-8') as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def needs(config: dict, family: str | None = None) -> list:
+    """[(minimum transformers version, why)] for a model config (or a catalogue family before download)."""
+    model_type = config.get('model_type') or {'llama3': 'llama', 'phi3': 'phi3'}.get(family or '')
+    out = [((4, 34, 0), 'chat templates (apply_chat_template) arrived in transformers 4.34')]
+    if model_type == 'llama' and (family == 'llama3' or float(config.get('rope_theta', 10000.0)) != 10000.0):
+        out.append(((4, 40, 0), 'Llama-3 models (rope_theta 500000, their tokenizer) need transformers 4.40; '
+                                'older versions ignore rope_theta and write garbage'))
+    if model_type == 'phi3':
+        out.append(((4, 40, 0), 'Phi-3 needs transformers 4.40 (older versions have no Phi3)'))
+    if config.get('quantization_config'):
+        out.append(((4, 37, 0), 'pre-quantised bitsandbytes checkpoints load from transformers 4.37'))
+    return out
+
+
+def check_versions(name: str, config: dict, family: str | None = None, transformers_version=None):
+    have = transformers_version or package_version('transformers')
+    if have is None:
+        raise ChatError(f'{name} cannot run in-process: transformers is not installed. {ALTERNATIVES}')
+    for minimum, why in needs(config, family):
+        if have < minimum:
+            raise ChatError(f'{name} cannot run in-process with transformers {_fmt(have)}: {why}. {ALTERNATIVES}')
+
+
+def check_bitsandbytes(name: str, quant: str, device: str):
+    """Quantised checkpoints need bitsandbytes, accelerate and (with transformers 4.x) a CUDA GPU."""
+    plain = 'choose the unquantised model, or a server backend (llama.cpp / Ollama with a GGUF)'
+    if importlib.util.find_spec('bitsandbytes') is None:
+        raise ChatError(f'{name} is a {quant} bitsandbytes model and bitsandbytes is not installed: install it '
+                        f'(pip install "bitsandbytes>={_fmt(BNB_MIN)}", NVIDIA GPU needed) or {plain}.')
+    bnb = package_version('bitsandbytes')
+    if bnb is not None and bnb < BNB_MIN:
+        raise ChatError(f'{name} needs bitsandbytes {_fmt(BNB_MIN)} or newer (installed: {_fmt(bnb)}); '
+                        f'upgrade it or {plain}.')
+    if importlib.util.find_spec('accelerate') is None:
+        raise ChatError(f'{name} is a {quant} bitsandbytes model, which needs accelerate: pip install accelerate, '
+                        f'or {plain}.')
+    if not device.startswith('cuda') and package_version('transformers') < (5, 0, 0):
+        # transformers 4.46 + bitsandbytes fail on CPU (CUDA required / 'frozenset' object has no attribute
+        # 'discard'), see the project's test-substrate notes.
+        raise ChatError(f'{name} is a {quant} bitsandbytes model; with this transformers it needs an NVIDIA GPU '
+                        f'(device here: {device}). On CPU {plain}.')
+
+
+def _pick_device(device: str) -> str:
+    import torch
+    if device and device != 'auto':
+        return device
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+class _StopOnEvent:
+    """Stopping criterion: ends generate() at the next token once `stop` (or our own abort) is set; counts
+    the new tokens (exact progress, also for the benchmark)."""
+
+    def __init__(self, stop: threading.Event, abort: threading.Event, prompt_len: int):
+        self.stop, self.abort, self.prompt_len = stop, abort, prompt_len
+        self.tokens = 0
+        self.cancelled = False
+
+    def __call__(self, input_ids, scores=None, **kwargs):
+        self.tokens = int(input_ids.shape[-1]) - self.prompt_len
+        if self.stop.is_set() or self.abort.is_set():
+            self.cancelled = True
+            return True
+        return False
+
+
+class LocalBackend:
+    kind = 'local'
+
+    def __init__(self, model_path_or_name: str, models_dir: str | None = None, keep_loaded: bool = True,
+                 device: str = 'auto', context_tokens: int = CONTEXT_TOKENS):
+        self.name = (model_path_or_name or '').strip()
+        if not self.name:
+            raise ChatError('No local model chosen: pick an Omost model or enter a model folder.')
+        self.models_dir = models_dir or os.path.join('models', 'omost')
+        self.keep_loaded = keep_loaded
+        self.device = device or 'auto'
+        self.context_tokens = int(context_tokens)
+        self.model = None
+        self.tokenizer = None
+        self.folder = None
+        self._lock = threading.RLock()
+
+    # -- where the model is ----------------------------------------------------------------------------------
+
+    def _info(self):
+        return None if os.path.isdir(self.name) else catalogue_entry(self.name)
+
+    def identity(self) -> dict:
+        info = self._info()
+        return {'kind': self.kind, 'model': info.repo_id if info else os.path.abspath(self.name)}
+
+    def locate(self, progress=None) -> str:
+        """The model folder; downloads a catalogue model that is not on disk (resuming)."""
+        if os.path.isdir(self.name):
+            if not os.path.isfile(os.path.join(self.name, 'config.json')):
+                raise ChatError(f'{self.name} is not a transformers model folder (no config.json).')
+            return self.name
+        info = catalogue_entry(self.name)
+        if info is None:
+            raise ChatError(f'Model {self.name!r} not found: not a folder, and not one of the Omost models.')
+        folder = os.path.join(self.models_dir, info.folder)
+        return folder if is_complete(folder) else download_model(info.repo_id, self.models_dir, progress)
+
+    def check(self, folder: str | None = None, device: str | None = None):
+        """Refuse, with the reason and the alternatives, before loading anything that cannot work here."""
+        info = self._info()
+        config = _read_json(os.path.join(folder, 'config.json')) if folder else {}
+        label = info.repo_id if info else self.name
+        check_versions(label, config, info.family if info else None)
+        quant = config.get('quantization_config') or ({'quant_method': 'bitsandbytes'} if info and info.quant else None)
+        if quant:
+            if quant.get('quant_method', 'bitsandbytes') != 'bitsandbytes':
+                raise ChatError(f"{label} is quantised with {quant.get('quant_method')}, which this extension does "
+                                'not load in-process; use a server backend.')
+            bits = '8-bit' if quant.get('load_in_8bit') or (info and info.quant == '8bit') else '4-bit'
+            check_bitsandbytes(label, bits, device or _pick_device(self.device))
+
+    # -- loading -------------------------------------------------------------------------------------------------
+
+    def load(self, progress=None):
+        with self._lock:
+            if self.model is not None:
+                return
+            self.check()  # catalogue models: refuse before a 6 GB download that could not run anyway
+            folder = self.locate(progress)
+            device = _pick_device(self.device)
+            self.check(folder, device)
+            if progress is not None:
+                progress(f'Loading {self.name} on {device}')
+            self.tokenizer, self.model = self._from_pretrained(folder, device)
+            self.folder = folder
+
+    def _from_pretrained(self, folder: str, device: str):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        quantised = bool(_read_json(os.path.join(folder, 'config.json')).get('quantization_config'))
+        if device.startswith('cuda'):
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = torch.float32  # CPUs are slow or unsupported in half precision
+        kwargs = {'torch_dtype': dtype}
+        if quantised:
+            kwargs['device_map'] = {'': device if ':' in device else 0}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+            if not quantised:
+                model.to(device)
+            model.eval()
+        except Exception as e:  # noqa: BLE001 - one line for the user; the reason is in it
+            reason = ' '.join(str(e).split())[:300] or type(e).__name__
+            raise ChatError(f'Could not load {self.name}: {type(e).__name__}: {reason}') from None
+        if not getattr(tokenizer, 'chat_template', None):
+            raise ChatError(f'{self.name} has no chat template in its tokenizer files; Omost models ship one.')
+        return tokenizer, model
+
+    def unload(self):
+        """Drop the model so diffusion gets its memory back."""
+        with self._lock:
+            had = self.model is not None
+            self.model = None
+            self.tokenizer = None
+        if had:
+            gc.collect()
+            try:
+                import torch
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            except ImportError:
+                pass
+
+    # -- engine interface ----------------------------------------------------------------------------------------
+
+    def encode(self, messages: list):
+        import torch
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, 'keys'):  # transformers 5 returns a BatchEncoding
+            ids = ids['input_ids']
+        return torch.tensor([list(ids)], dtype=torch.long)
+
+    def count_tokens(self, messages: list):
+        if self.tokenizer is None:  # not loaded yet: estimate now, stream() checks exactly after loading
+            return sum(len(m['content']) for m in messages) // 4 + 4 * len(messages), False
+        return int(self.encode(messages).shape[-1]), True
+
+    def generate_kwargs(self, input_ids, params: ChatParams, streamer, criterion) -> dict:
+        from transformers.generation.stopping_criteria import StoppingCriteriaList
+        import torch
+        kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
+                      stopping_criteria=StoppingCriteriaList([criterion]), max_new_tokens=int(params.max_new_tokens))
+        pad = self.tokenizer.pad_token_id
+        kwargs['pad_token_id'] = pad if pad is not None else self.tokenizer.eos_token_id
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=float(params.temperature), top_p=float(params.top_p))
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None)  # greedy, like Omost at temperature 0
+        return kwargs
+
+    def stream(self, messages: list, params: ChatParams, stop: threading.Event):
+        import torch
+        from transformers import TextIteratorStreamer
+        with self._lock:
+            notices = []
+            if self.model is None:
+                self.load(progress=notices.append)
+            for line in notices:
+                yield 'notice', line
+            input_ids = self.encode(messages)
+            if input_ids.shape[-1] >= self.context_tokens:
+                raise ChatError(BUDGET_FULL.format(n=int(input_ids.shape[-1]), limit=self.context_tokens))
+            input_ids = input_ids.to(self.model.device)
+            abort = threading.Event()
+            criterion = _StopOnEvent(stop, abort, int(input_ids.shape[-1]))
+            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+            kwargs = self.generate_kwargs(input_ids, params, streamer, criterion)
+            failure = []
+
+            def run():
+                try:
+                    self.model.generate(**kwargs)
+                except Exception as e:  # noqa: BLE001 - reported to the user by the consuming thread
+                    failure.append(e)
+                    streamer.end()  # unblock the consumer
+
+            torch.manual_seed(int(params.seed))
+            thread = threading.Thread(target=run, name='omost-llm-generate', daemon=True)
+            thread.start()
+            try:
+                for text in streamer:
+                    yield 'tokens', criterion.tokens
+                    yield 'text', text
+                thread.join()
+                if failure:
+                    e = failure[0]
+                    reason = ' '.join(str(e).split())[:300] or type(e).__name__
+                    raise ChatError(f'The model failed while writing: {type(e).__name__}: {reason}')
+                yield 'tokens', criterion.tokens
+                if not criterion.cancelled:
+                    yield 'finish', 'length' if criterion.tokens >= params.max_new_tokens else 'stop'
+            finally:
+                abort.set()  # the consumer went away (or finished): end generate() at the next token
+                thread.join()
+                del kwargs, streamer, thread
+                if not self.keep_loaded:
+                    self.unload()

@@ -1,0 +1,303 @@
+"""OpenAI-compatible chat servers (llama.cpp `llama-server`, Ollama, vLLM, LM Studio, TGI): `/v1/chat/completions`
+with SSE streaming, over the stdlib `http.client` so timeouts are exact and nothing else is needed.
+
+Only the configured address is ever contacted (no redirects are followed). Every failure becomes a ChatError whose
+text names the address and what went wrong, with the server's own message where it sent one.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import threading
+import urllib.parse
+
+from lib_omost.llm.conversation import CONTEXT_TOKENS, ChatError, ChatParams
+
+MAX_LINE = 1 << 20        # one SSE line; Omost replies are ~10 KB in total
+MAX_ERROR_BODY = 64 * 1024
+MAX_JSON_BODY = 8 << 20
+CANCEL_POLL_S = 0.05
+
+
+def normalize_base_url(url: str) -> str:
+    """'host:8080', 'http://host:8080', '.../v1/' -> 'http://host:8080/v1' (a path prefix is kept)."""
+    url = (url or '').strip()
+    if not url:
+        raise ChatError('No server address: enter the base URL, e.g. http://127.0.0.1:8080/v1')
+    if '://' not in url:
+        url = 'http://' + url
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ('http', 'https') or not parts.hostname:
+        raise ChatError(f'Not an http(s) server address: {url}')
+    try:
+        parts.port
+    except ValueError:
+        raise ChatError(f'Bad port in the server address: {url}') from None
+    path = parts.path.rstrip('/')
+    for suffix in ('/chat/completions', '/models'):  # a pasted endpoint URL
+        if path.endswith(suffix):
+            path = path[:-len(suffix)]
+    if not path.endswith('/v1'):
+        path += '/v1'
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, '', ''))
+
+
+def _error_text(body: bytes) -> str:
+    """The server's own message from an error body: OpenAI `{"error": {"message"}}`, Ollama `{"error": "..."}`,
+    FastAPI `{"detail": ...}`, `{"message": ...}`, or the text's first line."""
+    text = body.decode('utf-8', 'replace').strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        for key in ('error', 'detail', 'message'):
+            value = data.get(key)
+            if isinstance(value, dict):
+                value = value.get('message') or value.get('msg') or json.dumps(value)
+            if isinstance(value, list) and value and isinstance(value[0], dict):
+                value = value[0].get('msg') or json.dumps(value[0])
+            if value:
+                text = str(value)
+                break
+    line = ' '.join(text.split())
+    return line[:300] + ('...' if len(line) > 300 else '')
+
+
+class _Cancel:
+    """Shuts the socket down when `stop` is set, so a read blocked on a silent server returns at once."""
+
+    def __init__(self, stop: threading.Event, sock):
+        self.stop, self.sock, self.done = stop, sock, threading.Event()
+        threading.Thread(target=self._watch, name='omost-llm-cancel', daemon=True).start()
+
+    def _watch(self):
+        while not self.done.wait(CANCEL_POLL_S):
+            if self.stop.is_set():
+                try:
+                    self.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                return
+
+    def close(self):
+        self.done.set()
+
+
+class ServerBackend:
+    kind = 'server'
+
+    def __init__(self, base_url: str, model: str | None, api_key: str | None = None, connect_timeout: float = 10.0,
+                 read_timeout: float = 120.0, context_tokens: int = CONTEXT_TOKENS):
+        self.base_url = normalize_base_url(base_url)
+        self.model = (model or '').strip()
+        self.api_key = (api_key or '').strip() or None
+        self.connect_timeout = float(connect_timeout)
+        self.read_timeout = float(read_timeout)
+        self.context_tokens = int(context_tokens)
+        parts = urllib.parse.urlsplit(self.base_url)
+        self._https = parts.scheme == 'https'
+        self._host, self._port, self._prefix = parts.hostname, parts.port, parts.path
+
+    # -- engine interface ------------------------------------------------------------------------------------
+
+    def identity(self) -> dict:
+        return {'kind': self.kind, 'base_url': self.base_url, 'model': self.model}
+
+    def count_tokens(self, messages: list):
+        # No tokenizer here: ~4 characters per token for English and code, plus a few per message header.
+        return sum(len(m['content']) for m in messages) // 4 + 4 * len(messages), False
+
+    def stream(self, messages: list, params: ChatParams, stop: threading.Event):
+        body = {'messages': messages, 'stream': True, 'temperature': float(params.temperature),
+                'top_p': float(params.top_p), 'max_tokens': int(params.max_new_tokens), 'seed': int(params.seed)}
+        if self.model:
+            body['model'] = self.model
+        conn = self._connect()
+        cancel = _Cancel(stop, conn.sock)
+        try:
+            response = self._request(conn, 'POST', '/chat/completions', body, stop)
+            if response is None:
+                return
+            ctype = (response.getheader('Content-Type') or '').lower()
+            if 'text/event-stream' in ctype or 'json' not in ctype:
+                yield from self._events(response, stop)
+            else:  # a server that ignores `stream: true` and answers with one JSON completion
+                yield from self._whole(response, stop)
+        finally:
+            cancel.close()
+            conn.close()
+
+    # -- models ------------------------------------------------------------------------------------------------
+
+    def list_models(self) -> list:
+        """Model ids from GET /v1/models; [] when the server does not offer the list. Unreachable: ChatError."""
+        conn = self._connect()
+        try:
+            response = self._request(conn, 'GET', '/models', None, threading.Event(), raise_status=False)
+            if response.status != 200:
+                return []
+            try:
+                data = json.loads(response.read(MAX_JSON_BODY))
+            except (ValueError, OSError, http.client.HTTPException):
+                return []
+        finally:
+            conn.close()
+        items = data.get('data') if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            items = data.get('models', []) if isinstance(data, dict) else []  # Ollama's native /api/tags shape
+        names = [m.get('id') or m.get('name') for m in items if isinstance(m, dict)]
+        return [n for n in names if isinstance(n, str) and n]
+
+    # -- HTTP ----------------------------------------------------------------------------------------------------
+
+    def _connect(self):
+        if self._https:
+            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.connect_timeout,
+                                               context=ssl.create_default_context())
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.connect_timeout)
+        where = self.base_url
+        try:
+            conn.connect()
+        except ConnectionRefusedError:
+            raise ChatError(f'Cannot connect to {where}: connection refused. Is the LLM server running there?') \
+                from None
+        except socket.timeout:
+            raise ChatError(f'Cannot connect to {where}: no answer within {self.connect_timeout:g} s.') from None
+        except socket.gaierror:
+            raise ChatError(f'Cannot connect to {where}: unknown host {self._host!r}.') from None
+        except ssl.SSLError as e:
+            raise ChatError(f'Cannot connect to {where}: TLS failed ({e.reason or e}).') from None
+        except OSError as e:
+            raise ChatError(f'Cannot connect to {where}: {e.strerror or e}.') from None
+        conn.sock.settimeout(self.read_timeout)
+        return conn
+
+    def _read_failure(self, e: Exception, stop: threading.Event):
+        if stop.is_set():
+            return None  # our own shutdown of the socket
+        if isinstance(e, socket.timeout):
+            return ChatError(f'The server at {self.base_url} sent nothing for {self.read_timeout:g} s '
+                             '(read timeout).')
+        return ChatError(f'The server at {self.base_url} closed the connection in the middle of the reply.')
+
+    def _request(self, conn, method: str, path: str, body, stop: threading.Event, raise_status: bool = True):
+        headers = {'Accept': 'text/event-stream' if body is not None else 'application/json'}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode('utf-8')
+            headers['Content-Type'] = 'application/json'
+        if self.api_key:
+            headers['Authorization'] = f'Bearer {self.api_key}'
+        try:
+            conn.request(method, self._prefix + path, body=data, headers=headers)
+            response = conn.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            if stop.is_set():
+                return None
+            if isinstance(e, socket.timeout):
+                raise ChatError(f'The server at {self.base_url} did not answer within {self.read_timeout:g} s '
+                                '(read timeout).') from None
+            raise ChatError(f'The server at {self.base_url} closed the connection without answering.') from None
+        if raise_status and response.status >= 300:
+            try:
+                detail = _error_text(response.read(MAX_ERROR_BODY))
+            except (OSError, http.client.HTTPException):
+                detail = ''
+            status = f'HTTP {response.status}' + (f' {response.reason}' if response.reason else '')
+            hint = {401: ' Check the API key.', 403: ' Check the API key.',
+                    404: ' Check the base URL and the model name.'}.get(response.status, '')
+            if 300 <= response.status < 400:
+                detail = detail or f"a redirect to {response.getheader('Location')}, which is not followed"
+            detail = (detail or '(no message)').rstrip('.')
+            raise ChatError(f'The server at {self.base_url} answered {status}: {detail}.{hint}')
+        return response
+
+    # -- replies ---------------------------------------------------------------------------------------------------
+
+    def _chunk_events(self, data: str):
+        if data.strip() == '[DONE]':
+            return [('done', None)]
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            snippet = ' '.join(data.split())[:80]
+            raise ChatError(f'The server at {self.base_url} sent a malformed stream (not OpenAI-compatible SSE): '
+                            f'{snippet!r}') from None
+        if not isinstance(chunk, dict):
+            raise ChatError(f'The server at {self.base_url} sent a malformed stream (not OpenAI-compatible SSE): '
+                            f'{" ".join(data.split())[:80]!r}')
+        if chunk.get('error'):
+            raise ChatError(f'The server at {self.base_url} reported an error: '
+                            f'{_error_text(json.dumps(chunk).encode())}')
+        events = []
+        usage = chunk.get('usage')
+        if isinstance(usage, dict) and usage.get('prompt_tokens'):
+            events.append(('usage', usage))
+        choices = chunk.get('choices')
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            choice = choices[0]
+            delta = choice.get('delta') if isinstance(choice.get('delta'), dict) else choice.get('message')
+            text = delta.get('content') if isinstance(delta, dict) else choice.get('text')
+            if isinstance(text, str) and text:
+                events.append(('text', text))
+            if choice.get('finish_reason'):
+                events.append(('finish', 'length' if choice['finish_reason'] == 'length' else 'stop'))
+        return events
+
+    def _events(self, response, stop: threading.Event):
+        finished = False
+        data_lines = []
+        while True:
+            if stop.is_set():
+                return
+            try:
+                raw = response.readline(MAX_LINE)
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                failure = self._read_failure(e, stop)
+                if failure is None:
+                    return
+                raise failure from None
+            if stop.is_set():
+                return
+            line = raw.decode('utf-8', 'replace').rstrip('\r\n')
+            if raw and line:
+                if line.startswith(':'):
+                    continue  # SSE comment / keep-alive
+                field, _, value = line.partition(':')
+                if field == 'data':
+                    data_lines.append(value[1:] if value.startswith(' ') else value)
+                elif field not in ('event', 'id', 'retry'):
+                    raise ChatError(f'The server at {self.base_url} sent a malformed stream (not OpenAI-compatible '
+                                    f'SSE): {" ".join(line.split())[:80]!r}')
+                continue
+            if data_lines:  # a blank line (or the end) dispatches the event
+                for kind, value in self._chunk_events('\n'.join(data_lines)):
+                    if kind == 'done':
+                        if not finished:
+                            yield 'finish', 'stop'
+                        return
+                    finished = finished or kind == 'finish'
+                    yield kind, value
+                data_lines = []
+            if not raw:
+                if finished:
+                    return  # some servers close after the finish_reason chunk without [DONE]
+                raise ChatError(f'The server at {self.base_url} closed the connection in the middle of the reply.')
+
+    def _whole(self, response, stop: threading.Event):
+        try:
+            body = response.read(MAX_JSON_BODY)
+        except (OSError, http.client.HTTPException) as e:
+            failure = self._read_failure(e, stop)
+            if failure is None:
+                return
+            raise failure from None
+        events = self._chunk_events(body.decode('utf-8', 'replace'))
+        yield from events
+        if not any(kind == 'finish' for kind, _ in events):
+            yield 'finish', 'stop'

@@ -1,0 +1,243 @@
+"""The server backend against a real loopback OpenAI-compatible HTTP server: streaming, the Omost conversation
+format on the wire, cancel, and every failure as the exact line the user sees, with the history intact."""
+
+import threading
+import time
+
+import pytest
+
+from conftest import read_fixture
+from lib_omost.llm import (SYSTEM_PROMPT, ChatParams, Conversation, ServerBackend, normalize_base_url,
+                           stream_reply)
+from lib_omost.llm.conversation import Turn
+from llm_helpers import LoopbackServer, free_port, sse_chunk, stream_text
+
+EARLIER = [Turn('a dragon over a castle', 'canvas = Canvas()\n# earlier reply')]
+
+
+def run(backend, conv, message, mode='new', stop=None, params=None, cache=None):
+    updates = list(stream_reply(backend, conv, message, params or ChatParams(), stop or threading.Event(),
+                                cache=cache, mode=mode))
+    assert updates and updates[-1].done and not any(u.done for u in updates[:-1])
+    return updates
+
+
+def conversation():
+    return Conversation([Turn(t.user, t.assistant) for t in EARLIER])
+
+
+def test_base_url_forms():
+    assert normalize_base_url('127.0.0.1:8080') == 'http://127.0.0.1:8080/v1'
+    assert normalize_base_url('http://127.0.0.1:8080/') == 'http://127.0.0.1:8080/v1'
+    assert normalize_base_url('http://127.0.0.1:8080/v1/') == 'http://127.0.0.1:8080/v1'
+    assert normalize_base_url('https://h.example/proxy/v1/chat/completions') == 'https://h.example/proxy/v1'
+
+
+def test_streams_a_canvas_with_omost_format_and_params():
+    reply = read_fixture('dragon_battle.canvas.py')
+    pieces = [reply[i:i + 40] for i in range(0, len(reply), 40)]
+    with LoopbackServer(stream_text(pieces)) as srv:
+        conv = conversation()
+        backend = ServerBackend(srv.url + '/v1/', 'omost-llama-3-8b', api_key='sk-test')
+        updates = run(backend, conv, 'change the dragon to a dinosaur',
+                      params=ChatParams(seed=7, temperature=0.3, top_p=0.8, max_new_tokens=999))
+        method, path, headers, body = srv.requests[0]
+    texts = [u.text for u in updates[:-1]]
+    assert texts == [''.join(pieces[:i + 1]) for i in range(len(pieces))]  # cumulative, one update per delta
+    last = updates[-1]
+    assert (last.text, last.error, last.partial, last.finish, last.notice) == (reply, None, False, 'stop', None)
+    assert conv.history == [(EARLIER[0].user, EARLIER[0].assistant), ('change the dragon to a dinosaur', reply)]
+    assert (method, path) == ('POST', '/v1/chat/completions')
+    assert headers['Authorization'] == 'Bearer sk-test'
+    assert body == {'model': 'omost-llama-3-8b', 'stream': True, 'seed': 7, 'temperature': 0.3, 'top_p': 0.8,
+                    'max_tokens': 999, 'messages': [
+                        {'role': 'system', 'content': SYSTEM_PROMPT},
+                        {'role': 'user', 'content': EARLIER[0].user},
+                        {'role': 'assistant', 'content': EARLIER[0].assistant},
+                        {'role': 'user', 'content': 'change the dragon to a dinosaur'}]}
+
+
+def test_retry_and_edit_replace_the_last_turn():
+    with LoopbackServer(stream_text(['second ', 'try'])) as srv:
+        conv = conversation()
+        conv.turns.append(Turn('a cat', 'first try'))
+        backend = ServerBackend(srv.url, 'm')
+        run(backend, conv, '', mode='retry')
+        assert conv.history[-1] == ('a cat', 'second try') and len(conv.turns) == 2
+        run(backend, conv, 'a dog', mode='edit')
+        assert conv.history[-1] == ('a dog', 'second try') and len(conv.turns) == 2
+        sent = [r[3]['messages'] for r in srv.requests]
+    assert sent[0][-1] == {'role': 'user', 'content': 'a cat'} and len(sent[0]) == 4  # old reply not sent back
+    assert sent[1][-1] == {'role': 'user', 'content': 'a dog'} and len(sent[1]) == 4
+
+
+def test_reply_without_code_gets_a_notice():
+    with LoopbackServer(stream_text(['I would rather ', 'chat.'])) as srv:
+        last = run(ServerBackend(srv.url, 'm'), Conversation(), 'hello')[-1]
+    assert last.notice == 'The model answered without Canvas code; ask again, or retry with another seed.'
+    assert last.error is None and last.text == 'I would rather chat.'
+
+
+def test_cancel_closes_the_stream_and_keeps_the_partial_reply():
+    def endless(h, body):
+        h.start_sse()
+        try:
+            for i in range(400):
+                h.send_event(sse_chunk(f'w{i} '))
+                time.sleep(0.02)
+        except OSError:
+            h.server.client_gone.set()  # the client closed the stream
+    with LoopbackServer(endless) as srv:
+        conv, stop = conversation(), threading.Event()
+        updates = []
+        for u in stream_reply(ServerBackend(srv.url, 'm'), conv, 'a cat', ChatParams(), stop):
+            updates.append(u)
+            if len(updates) == 3:
+                stop.set()
+        assert srv.httpd.client_gone.wait(3)
+    last = updates[-1]
+    assert (last.text, last.partial, last.finish, last.error) == ('w0 w1 w2 ', True, 'cancelled', None)
+    assert last.notice == 'Stopped; the partial reply is kept.'
+    assert conv.history[-1] == ('a cat', 'w0 w1 w2 ') and conv.turns[-1].partial and len(conv.turns) == 2
+    assert conv.display_history()[-1][1] == 'w0 w1 w2 \n\n*(reply cut off)*'
+    assert Conversation.from_history(conv.display_history()).history == conv.history
+
+
+def test_cancel_while_the_server_is_silent_returns_at_once():
+    def silent(h, body):
+        h.start_sse()
+        h.send_event(sse_chunk('hello'))
+        h.server.release.wait(10)
+    with LoopbackServer(silent) as srv:
+        conv, stop = Conversation(), threading.Event()
+        gen = stream_reply(ServerBackend(srv.url, 'm', read_timeout=30), conv, 'a cat', ChatParams(), stop)
+        assert next(gen).text == 'hello'
+        threading.Timer(0.2, stop.set).start()
+        t0 = time.monotonic()
+        last = list(gen)[-1]
+        assert time.monotonic() - t0 < 2
+    assert (last.text, last.finish, conv.history) == ('hello', 'cancelled', [('a cat', 'hello')])
+
+
+def failure(script, message='a cat', **backend_kw):
+    with LoopbackServer(script) as srv:
+        conv = conversation()
+        t0 = time.monotonic()
+        updates = run(ServerBackend(srv.url, 'm', **backend_kw), conv, message)
+        elapsed = time.monotonic() - t0
+        return updates[-1], conv, srv.url + '/v1', elapsed
+
+
+def assert_history_intact(conv, partial_text=''):
+    assert conv.history[0] == (EARLIER[0].user, EARLIER[0].assistant)
+    assert conv.history[1] == ('a cat', partial_text) and len(conv.turns) == 2
+
+
+def test_refused_port():
+    port = free_port()
+    conv = conversation()
+    last = run(ServerBackend(f'http://127.0.0.1:{port}', 'm'), conv, 'a cat')[-1]
+    assert last.error == (f'Cannot connect to http://127.0.0.1:{port}/v1: connection refused. '
+                          'Is the LLM server running there?')
+    assert (last.partial, last.finish) == (True, 'error')
+    assert_history_intact(conv)
+
+
+def test_http_500_with_openai_error_json():
+    last, conv, url, _ = failure(lambda h, b: h.send_json(500, {'error': {'message': 'CUDA out of memory.',
+                                                                          'type': 'server_error'}}))
+    assert last.error == f'The server at {url} answered HTTP 500 Internal Server Error: CUDA out of memory.'
+    assert_history_intact(conv)
+
+
+def test_http_404_ollama_style_and_plain_text_errors():
+    last, conv, url, _ = failure(lambda h, b: h.send_json(404, {'error': "model 'm' not found"}))
+    assert last.error == (f"The server at {url} answered HTTP 404 Not Found: model 'm' not found. "
+                          'Check the base URL and the model name.')
+    assert_history_intact(conv)
+    last, conv, url, _ = failure(lambda h, b: h.send_json(503, 'Loading model\nplease wait'))
+    assert last.error == f'The server at {url} answered HTTP 503 Service Unavailable: Loading model please wait.'
+
+
+def test_malformed_sse_keeps_the_text_so_far():
+    def script(h, body):
+        h.start_sse()
+        h.send_event(sse_chunk('canvas = '))
+        h.send_event('{"choices": [oops')
+        h.end_sse()
+    last, conv, url, _ = failure(script)
+    assert last.error == (f'The server at {url} sent a malformed stream (not OpenAI-compatible SSE): '
+                          "'{\"choices\": [oops'")
+    assert (last.text, last.partial) == ('canvas = ', True)
+    assert_history_intact(conv, 'canvas = ')
+
+
+def test_error_event_inside_the_stream():
+    def script(h, body):
+        h.start_sse()
+        h.send_event(sse_chunk('abc'))
+        h.send_event({'error': {'message': 'context window exceeded'}})
+        h.end_sse()
+    last, conv, url, _ = failure(script)
+    assert last.error == f'The server at {url} reported an error: context window exceeded'
+    assert_history_intact(conv, 'abc')
+
+
+@pytest.mark.parametrize('clean_end', [False, True])
+def test_drop_mid_stream(clean_end):
+    def script(h, body):
+        h.start_sse()
+        h.send_event(sse_chunk('canvas = Canvas()\n'))
+        if clean_end:
+            h.end_sse()  # a well-formed end of body, but no finish_reason and no [DONE]
+        h.drop()
+    last, conv, url, _ = failure(script)
+    assert last.error == f'The server at {url} closed the connection in the middle of the reply.'
+    assert (last.text, last.partial, last.finish) == ('canvas = Canvas()\n', True, 'error')
+    assert_history_intact(conv, 'canvas = Canvas()\n')
+
+
+def test_hanging_server_times_out():
+    last, conv, url, elapsed = failure(lambda h, b: h.server.release.wait(10), read_timeout=1.0)
+    assert last.error == f'The server at {url} did not answer within 1 s (read timeout).'
+    assert elapsed < 3
+    assert_history_intact(conv)
+
+
+def test_server_stalling_mid_reply_times_out():
+    def script(h, body):
+        h.start_sse()
+        h.send_event(sse_chunk('canvas'))
+        h.server.release.wait(10)
+    last, conv, url, elapsed = failure(script, read_timeout=1.0)
+    assert last.error == f'The server at {url} sent nothing for 1 s (read timeout).'
+    assert elapsed < 3
+    assert_history_intact(conv, 'canvas')
+
+
+def test_max_tokens_cut_is_partial_and_not_cached(tmp_path):
+    from lib_omost.llm import ResponseCache
+    cache = ResponseCache(str(tmp_path))
+    with LoopbackServer(stream_text(['canvas = Canvas()'], finish='length')) as srv:
+        last = run(ServerBackend(srv.url, 'm'), Conversation(), 'a cat', params=ChatParams(max_new_tokens=5),
+                   cache=cache)[-1]
+    assert (last.partial, last.finish, last.error) == (True, 'length', None)
+    assert last.notice == 'The reply was cut at 5 new tokens (max new tokens); the partial reply is kept.'
+    assert len(cache) == 0
+
+
+def test_non_streaming_json_answer_is_accepted():
+    completion = {'choices': [{'index': 0, 'message': {'role': 'assistant', 'content': 'whole reply'},
+                               'finish_reason': 'stop'}]}
+    with LoopbackServer(lambda h, b: h.send_json(200, completion)) as srv:
+        last = run(ServerBackend(srv.url, 'm'), Conversation(), 'a cat')[-1]
+    assert (last.text, last.finish, last.error) == ('whole reply', 'stop', None)
+
+
+def test_list_models():
+    models = {'object': 'list', 'data': [{'id': 'omost-llama-3-8b'}, {'id': 'omost-phi-3'}]}
+    with LoopbackServer(lambda h, b: h.send_json(200, models)) as srv:
+        assert ServerBackend(srv.url, '').list_models() == ['omost-llama-3-8b', 'omost-phi-3']
+        assert srv.requests[0][:2] == ('GET', '/v1/models')
+        srv.set_script(lambda h, b: h.send_json(404, {'error': 'not found'}))
+        assert ServerBackend(srv.url, '').list_models() == []

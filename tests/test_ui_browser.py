@@ -1,0 +1,176 @@
+"""The Omost UI in headless Chromium, built under gradio 4.40 (Forge) and 3.41 (A1111), chatting with a loopback
+OpenAI-compatible server. One app and one page per gradio version; the tests run in file order on that page."""
+
+import json
+import os
+
+import pytest
+
+from lib_omost.canvas import CanvasError, load_canvas
+from ui_helpers import (CHROMIUM, CHROMIUM_ARGS, PYTHONS, ROOT, FakeLLMServer, browser_missing_reason, canvas_reply,
+                        free_port, read_fixture, ui_app)
+
+MISSING = browser_missing_reason()
+pytestmark = [pytest.mark.skipif(MISSING is not None, reason=str(MISSING)), pytest.mark.timeout(120)]
+
+T = '#txt2img_omost_'
+DRAGON = read_fixture('dragon_battle.canvas.py')
+DINOSAUR = read_fixture('dinosaur_edit.canvas.py')
+PROMPT = 'generate an image of the fierce battle of warriors and a dragon'
+WAIT_MS = 20000
+
+
+@pytest.fixture(scope='module')
+def llm():
+    with FakeLLMServer(canvas_reply(DRAGON), chunks=40, delay=0.02) as server:
+        yield server
+
+
+@pytest.fixture(scope='module')
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope='module', params=['4.40.0', '3.41.2'])
+def page(request, llm, browser):
+    version = request.param
+    if not os.path.exists(PYTHONS[version]):
+        pytest.skip(f'no venv with gradio {version} at {PYTHONS[version]}')
+    with ui_app(version, llm.url) as url:
+        page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+        page.add_init_script(path=os.path.join(ROOT, 'javascript', 'omost.js'))
+        page.goto(url)
+        page.wait_for_selector(f'{T}input textarea', timeout=WAIT_MS)
+        page.gradio_version = version
+        yield page
+        page.close()
+
+
+def box(page, elem_id):
+    return page.locator(f'#{elem_id} textarea, #{elem_id} input').first
+
+
+def open_accordion(page, elem_id):
+    """Open a closed gr.Accordion by its label (3.41: div.label-wrap, 4.40: button.label-wrap)."""
+    label = page.locator(f'#{elem_id} .label-wrap').first
+    if 'open' not in (label.get_attribute('class') or ''):
+        label.click()
+
+
+def script_args(page):
+    """What the script would receive: [enabled, canvas_text, options_text] (the app's Echo button)."""
+    before = box(page, 'txt2img_echoed').input_value()
+    page.click('#txt2img_echo')
+    page.wait_for_function('([sel, before]) => { const e = document.querySelector(sel);'
+                           ' return e && e.value && e.value !== before; }',
+                           arg=['#txt2img_echoed textarea', before], timeout=WAIT_MS)
+    return json.loads(box(page, 'txt2img_echoed').input_value())
+
+
+def set_canvas(page, text):
+    open_accordion(page, 'txt2img_omost_canvas_accordion')
+    editor = page.locator(f'{T}canvas .cm-content')
+    editor.click()
+    page.keyboard.press('Control+A')
+    page.keyboard.insert_text(text)
+
+
+def preview_src(page):
+    img = page.locator(f'{T}preview img')
+    return img.first.get_attribute('src') if img.count() else None
+
+
+def wait_preview_change(page, before):
+    page.wait_for_function('([sel, before]) => { const i = document.querySelector(sel);'
+                           ' return i && i.src && i.complete && i.naturalWidth > 0 && i.src !== before; }',
+                           arg=[f'{T}preview img', before or ''], timeout=WAIT_MS)
+
+
+def test_enter_sends_and_the_reply_streams_into_chat_canvas_and_preview(page, llm):
+    n_requests = len(llm.requests)
+    # Record every text length the chatbot shows, to see the reply arrive in pieces.
+    page.evaluate("""sel => { window.omostLengths = []; const chat = document.querySelector(sel);
+        new MutationObserver(() => window.omostLengths.push(chat.innerText.length))
+            .observe(chat, {childList: true, subtree: true, characterData: true}); }""", f'{T}chat')
+    message = box(page, 'txt2img_omost_input')
+    message.fill(PROMPT)
+    message.press('Enter')
+    last_line = 'The overall atmosphere is one of chaos and intensity'
+    page.wait_for_function('([sel, text]) => document.querySelector(sel).innerText.includes(text)',
+                           arg=[f'{T}chat', last_line],
+                           timeout=WAIT_MS)
+    page.wait_for_function('sel => document.querySelector(sel).innerText.includes("tokens/s")',
+                           arg=f'{T}chat_status', timeout=WAIT_MS)
+    assert len(llm.requests) == n_requests + 1
+    sent = llm.requests[-1]['messages']
+    assert sent[0]['role'] == 'system' and sent[-1] == {'role': 'user', 'content': PROMPT}
+    lengths = page.evaluate('window.omostLengths')
+    assert len(set(lengths)) >= 5, f'the reply did not stream: chat lengths seen {lengths}'
+    assert message.input_value() == ''
+    assert PROMPT in page.inner_text(f'{T}chat')
+    wait_preview_change(page, None)
+    enabled, canvas_text, options_text = script_args(page)
+    assert canvas_text.strip() == DRAGON.strip()
+    assert json.loads(options_text)['regions'] is True
+    status = page.inner_text(f'{T}preview_status')
+    assert f'{len(load_canvas(DRAGON).canvas.local_regions)} regions' in status
+
+
+def test_shift_enter_is_a_new_line_and_sends_nothing(page, llm):
+    n_requests = len(llm.requests)
+    message = box(page, 'txt2img_omost_input')
+    message.click()
+    message.fill('')
+    page.keyboard.type('first line')
+    page.keyboard.press('Shift+Enter')
+    page.keyboard.type('second line')
+    assert message.input_value() == 'first line\nsecond line'
+    page.wait_for_timeout(400)
+    assert len(llm.requests) == n_requests
+    message.fill('')
+
+
+def test_server_down_shows_the_error_and_keeps_the_message(page, llm):
+    open_accordion(page, 'txt2img_omost_llm_settings')
+    url = box(page, 'txt2img_omost_server_url')
+    dead = f'http://127.0.0.1:{free_port()}/v1'
+    url.fill(dead)
+    message = box(page, 'txt2img_omost_input')
+    message.fill('change the dragon to a dinosaur')
+    message.press('Enter')
+    error = page.locator(f'{T}chat_status .omost-error')
+    error.wait_for(timeout=WAIT_MS)
+    assert '127.0.0.1' in error.inner_text()
+    assert message.input_value() == 'change the dragon to a dinosaur'
+    assert 'change the dragon to a dinosaur' not in page.inner_text(f'{T}chat')
+    url.fill(llm.url)
+    message.fill('')
+
+
+def test_a_pasted_canvas_updates_preview_and_script_args(page):
+    before = preview_src(page)
+    set_canvas(page, DINOSAUR)
+    wait_preview_change(page, before)
+    status = page.inner_text(f'{T}preview_status')
+    assert f'{len(load_canvas(DINOSAUR).canvas.local_regions)} regions' in status
+    # a user edit of an option control reaches the options argument
+    open_accordion(page, 'txt2img_omost_options_accordion')
+    page.locator(f'{T}opt_regions input[type=checkbox]').uncheck()
+    page.wait_for_timeout(300)
+    enabled, canvas_text, options_text = script_args(page)
+    assert canvas_text.strip() == DINOSAUR.strip()
+    assert json.loads(options_text)['regions'] is False
+
+
+def test_an_invalid_canvas_shows_the_parse_error(page):
+    bad = "canvas = Canvas()\ncanvas.set_global_description(description='a cat', tags=open('x'))\n"
+    with pytest.raises(CanvasError) as expected:
+        load_canvas(bad)
+    set_canvas(page, bad)
+    page.wait_for_function('([sel, text]) => document.querySelector(sel).innerText.includes(text)',
+                           arg=[f'{T}preview_status', str(expected.value)], timeout=WAIT_MS)
+    assert page.locator(f'{T}preview_status .omost-error').count() == 1

@@ -1,0 +1,79 @@
+"""A standalone app with the Omost UI in a txt2img and an img2img "tab", for the browser tests.
+
+Runs under either gradio (4.40 in .venv, 3.41 in .venv-a1111):
+    python tests/ui_app.py --port 7861 --server-url http://127.0.0.1:8080/v1
+    python tests/ui_app.py --check      # build only; print a JSON summary of ids and script inputs
+The page does not load javascript/omost.js by itself (the WebUI does); the tests inject it with playwright.
+An "Echo" button shows, as JSON, exactly the values the script would receive (ui.inputs).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import gradio as gr  # noqa: E402
+
+from omost_webui.ui import build_ui  # noqa: E402
+
+
+class InputAccordion:
+    """Minimal stand-in for the WebUI's modules.ui_components.InputAccordion: entering it opens an Accordion and
+    gives the checkbox whose bool value is the script's `enabled` argument."""
+
+    def __init__(self, value, label='', elem_id=None, **kwargs):
+        self.checkbox = gr.Checkbox(value, label=f'Enable {label}', elem_id=elem_id)
+        self.accordion = gr.Accordion(label, open=True, elem_id=f'{elem_id}-accordion' if elem_id else None)
+
+    def __enter__(self):
+        self.accordion.__enter__()
+        return self.checkbox
+
+    def __exit__(self, *exc):
+        return self.accordion.__exit__(*exc)
+
+
+def build_app(server_url: str):
+    settings = {'server_url': server_url, 'server_model': '', 'api_key': '', 'backend': 'server',
+                'local_model': '', 'models_dir': '', 'keep_loaded': True, 'system_prompt': '', 'data_dir': '',
+                'presets': ['none']}
+    with open(os.path.join(ROOT, 'style.css'), encoding='utf-8') as f:
+        css = f.read()
+    uis = {}
+    with gr.Blocks(css=css, analytics_enabled=False) as demo:
+        for tab in ('txt2img', 'img2img'):
+            with gr.Column(elem_id=f'{tab}_column'):
+                uis[tab] = build_ui(tab == 'img2img', lambda name, tab=tab: f'{tab}_{name}', InputAccordion, settings)
+                echo = gr.Button('Echo script args', elem_id=f'{tab}_echo')
+                echoed = gr.Textbox(label='Script args', lines=3, elem_id=f'{tab}_echoed')
+                echo.click(lambda *args: json.dumps(args), uis[tab].inputs, [echoed])
+    return demo, uis
+
+
+def summary(demo, uis) -> dict:
+    ids = [b.elem_id for b in demo.blocks.values() if getattr(b, 'elem_id', None)]
+    return {'gradio': gr.__version__, 'elem_ids': ids,
+            'inputs': {tab: [type(c).__name__ for c in ui.inputs] for tab, ui in uis.items()},
+            'infotext': [key for _, key in uis['txt2img'].infotext_fields],
+            'paste': uis['txt2img'].paste_field_names}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--port', type=int, default=7861)
+    parser.add_argument('--server-url', default='http://127.0.0.1:8080/v1')
+    parser.add_argument('--check', action='store_true')
+    args = parser.parse_args()
+    demo, uis = build_app(args.server_url)
+    if args.check:
+        print(json.dumps(summary(demo, uis)))
+        return
+    demo.queue()
+    demo.launch(server_name='127.0.0.1', server_port=args.port, show_error=True, quiet=True)
+
+
+if __name__ == '__main__':
+    main()

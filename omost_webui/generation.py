@@ -1,0 +1,273 @@
+"""Omost inside a WebUI generation (A1111 1.10 and Forge): what each script hook does.
+
+Where each step happens, and why (see host-integration.md):
+- `before_process`: under Emphasis "None" the host ignores BREAK, which the bags need; override it for this job
+  through `p.override_settings` (the host restores it afterwards).
+- `process`: validate canvas and options, detect host and architecture, drop stale A1111 hooks, write infotext.
+  The hosts swallow exceptions raised by script hooks, so bad input is refused by making the host's own next
+  call (`p.init`) raise our error: the API then answers 422 with the message, the UI shows it in its error box,
+  and nothing is generated.
+- `process_batch`: the prompts become the region bags (`p.prompts`, `p.hr_prompts`), after the host has parsed
+  the user's `<lora:...>` tags and before it encodes; `p.all_prompts` (infotext) stays the user's.
+- `process_before_every_sampling`: attention (Forge: a patched clone of the UnetPatcher, discarded by the host
+  after the pass; A1111: instance hooks armed for this job only) and the sketch start of the first pass.
+- `on_cfg_denoiser` (global callback, gated on the running job): step progress, cond/uncond bookkeeping.
+- `postprocess`, the next `process`, model load and script unload: remove every A1111 hook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+from lib_omost.canvas import CanvasError, load_canvas
+from lib_omost.options import parse_options
+
+log = logging.getLogger(__name__)
+
+INFOTEXT_ENABLED = 'Omost'
+INFOTEXT_CANVAS = 'Omost canvas'
+INFOTEXT_OPTIONS = 'Omost options'
+
+_active = None   # the Job whose sampling is running; global callbacks act only for it
+_said_once = set()  # console notices printed once per session
+
+
+class OmostInputError(ValueError):
+    """Bad canvas or options. `status_code` and `detail` are what the WebUI's API error handler reports."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.status_code = 422
+        self.detail = message
+
+
+@dataclasses.dataclass
+class Job:
+    p: object
+    canvas: object
+    options: object
+    forge: bool
+    arch: str
+    regional: object = None      # RegionalAttention of the first pass (None: plain attention)
+    regional_hr: object = None   # the hires pass's, when its prompts differ
+    hooks: object = None         # A1111RegionalHooks while armed
+    patched_unet: object = None  # Forge: the UnetPatcher we produced for the current pass
+    current: object = None       # the RegionalAttention fed by on_cfg_denoiser in this pass
+
+
+def _job(p):
+    return getattr(p, '_omost_job', None)
+
+
+def _say_once(key: str, message: str):
+    if key not in _said_once:
+        _said_once.add(key)
+        print(f'[Omost] {message}')
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Host and model
+
+
+def is_forge(p) -> bool:
+    return hasattr(p.sd_model, 'forge_objects')
+
+
+def diffusion_model(p):
+    """The UNet module whose attn2 layers the regions act on."""
+    if is_forge(p):
+        return p.sd_model.forge_objects.unet.model.diffusion_model
+    return p.sd_model.model.diffusion_model
+
+
+def detect_arch(p) -> str | None:
+    """'sd1' / 'sd2' / 'sdxl', or None for a model Omost cannot steer (no cross-attention: Flux, SD3, ...)."""
+    model = p.sd_model
+    if getattr(model, 'is_sd3', False) or getattr(model, 'is_flux', False):
+        return None
+    try:
+        has_attn2 = any(name.endswith('attn2') for name, _ in diffusion_model(p).named_modules())
+    except AttributeError:
+        has_attn2 = False
+    if not has_attn2:
+        return None
+    if getattr(model, 'is_sdxl', False):
+        return 'sdxl'
+    if getattr(model, 'is_sd2', False):
+        return 'sd2'
+    return 'sd1'
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hooks
+
+
+def before_process(p, enabled, canvas_text, options_text):
+    from modules import shared
+    if not enabled or getattr(shared.opts, 'emphasis', 'Original') != 'None':
+        return
+    if getattr(p, 'override_settings_restore_afterwards', True):
+        p.override_settings['emphasis'] = 'Original'
+
+
+def refuse(p, error: Exception):
+    """Make the host stop before anything is sampled, with `error` as the reason (see the module docstring)."""
+    print(f'[Omost] {error}')
+
+    def init(*args, **kwargs):
+        raise error
+
+    p.init = init
+
+
+def parse_inputs(canvas_value, options_value):
+    """(canvas, warnings, options) from the script args, or OmostInputError naming the problem."""
+    if canvas_value is None or (isinstance(canvas_value, str) and not canvas_value.strip()):
+        raise OmostInputError('Omost is enabled but the canvas is empty: chat with the LLM, paste a canvas, '
+                              'or turn Omost off.')
+    try:
+        result = load_canvas(canvas_value)
+    except CanvasError as e:
+        raise OmostInputError(f'Omost canvas: {e}') from None
+    try:
+        options = parse_options(options_value)
+    except CanvasError as e:
+        raise OmostInputError(str(e)) from None
+    return result.canvas, result.warnings, options
+
+
+def process(p, enabled, canvas_value, options_value):
+    global _active
+    cleanup()  # a failed earlier job (any tab) may have left hooks behind
+    if not enabled:
+        return
+    try:
+        canvas, warnings, options = parse_inputs(canvas_value, options_value)
+    except OmostInputError as e:
+        refuse(p, e)
+        return
+    from modules import shared
+    if getattr(shared.opts, 'emphasis', 'Original') == 'None' and p.override_settings.get('emphasis') != 'Original':
+        refuse(p, OmostInputError('Omost needs BREAK, which Emphasis "None" turns off; choose another Emphasis '
+                                  'in Settings > Stable Diffusion.'))
+        return
+    arch = detect_arch(p)
+    if arch is None:
+        message = 'this model has no cross-attention layers (Flux, SD3, ...); Omost is skipped for it.'
+        _say_once('no-attn2', message)
+        if hasattr(p, 'comment'):
+            p.comment('Omost: ' + message)
+        return
+    for w in warnings:
+        log.info('Omost canvas: %s', w)
+    p._omost_job = Job(p=p, canvas=canvas, options=options, forge=is_forge(p), arch=arch)
+    p.extra_generation_params[INFOTEXT_ENABLED] = True
+    p.extra_generation_params[INFOTEXT_CANVAS] = json.dumps(canvas.to_json(), separators=(',', ':'))
+    p.extra_generation_params[INFOTEXT_OPTIONS] = options.to_json()
+
+
+def process_batch(p):
+    job = _job(p)
+    if job is None:
+        return
+    from omost_webui.prompt_rewrite import rewrite
+    first = rewrite(p, job, p.prompts)
+    job.regional = _regional(job, first)
+    job.regional_hr = job.regional
+    hr_prompts = getattr(p, 'hr_prompts', None)
+    if getattr(p, 'enable_hr', False) and hr_prompts:
+        second = rewrite(p, job, hr_prompts)
+        if second != first:
+            job.regional_hr = _regional(job, second)
+
+
+def _regional(job, layout):
+    if layout is None or not job.options.regions:
+        return None
+    from lib_omost.attention import RegionalAttention
+    rects, token_region = layout
+    o = job.options
+    return RegionalAttention(rects, token_region, None, o.strength, o.start, o.end)
+
+
+def process_before_every_sampling(p, x):
+    global _active
+    job = _job(p)
+    if job is None:
+        return
+    hr = bool(getattr(p, 'is_hr_pass', False))
+    regional = job.regional_hr if hr else job.regional
+    if hr and not job.options.hires:
+        regional = None
+    _active = job
+    job.current = regional
+    if regional is not None:
+        regional.set_latent_size(int(x.shape[-2]), int(x.shape[-1]))
+        if job.forge:
+            _patch_forge(p, job, regional)
+        else:
+            _hook_a1111(p, job, regional)
+    elif not job.forge:
+        _unhook_a1111(job)
+    if not hr and job.options.sketch and getattr(p, 'firstpass_image', None) is None \
+            and getattr(p, 'init_images', None) is None:
+        from omost_webui import sketch_start
+        sketch_start.seed_first_pass(p, job.canvas, job.options, x)
+
+
+def _patch_forge(p, job, regional):
+    unet = p.sd_model.forge_objects.unet
+    if unet is job.patched_unet:  # already ours for this pass (the hook may run more than once)
+        return
+    from omost_webui.forge import patch_unet
+    job.patched_unet = patch_unet(unet, regional)
+    p.sd_model.forge_objects.unet = job.patched_unet
+
+
+def _hook_a1111(p, job, regional):
+    from omost_webui.a1111 import A1111RegionalHooks
+    _unhook_a1111(job)
+    job.hooks = A1111RegionalHooks(regional)
+    job.hooks.install(p.sd_model.model.diffusion_model)
+
+
+def _unhook_a1111(job):
+    if job.hooks is not None:
+        job.hooks.remove()
+        job.hooks = None
+
+
+def on_cfg_denoiser(params):
+    """Global callback: feeds the running job only (it is shared by both tabs and every other generation)."""
+    job = _active
+    if job is None:
+        return
+    denoiser_p = getattr(params.denoiser, 'p', None)
+    if denoiser_p is not None and denoiser_p is not job.p:
+        return
+    if job.current is None:
+        return
+    total = max(int(params.total_sampling_steps or 0), 1)
+    job.current.set_progress(min(max(params.sampling_step / total, 0.0), 1.0))
+    if job.hooks is not None:
+        job.hooks.on_cfg_denoiser(params)
+
+
+def postprocess(p):
+    cleanup()
+
+
+def cleanup():
+    """Disarm and remove everything this extension may have attached to the model (idempotent, cheap)."""
+    global _active
+    job, _active = _active, None
+    if job is not None:
+        job.current = None
+        _unhook_a1111(job)
+    try:
+        from omost_webui import a1111
+    except ImportError:  # Forge without ldm: nothing of ours can be hooked there
+        return
+    a1111.remove_all()

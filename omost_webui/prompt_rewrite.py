@@ -1,0 +1,25 @@
+"""The batch's prompts become Omost's region bags, encoded by the host itself (see generation.process_batch)."""
+
+from __future__ import annotations
+
+
+def rewrite(p, job, prompts: list):
+    """Replace each prompt of the batch, in place, with its bags text.
+
+    Returns (rects, token_region) shared by every row of the batch, or None when rows differ (different user
+    prompts in one batch give different token layouts; those rows then keep plain attention).
+    """
+    from lib_omost.prompts import build_host_prompt
+    from omost_webui.host_tokenizer import host_counter
+    counter, chunk_count = host_counter(p.sd_model)
+    layouts = []
+    for i, user_text in enumerate(prompts):
+        hp = build_host_prompt(job.canvas, counter, preset=job.options.preset, user_text=user_text,
+                               user_target=job.options.prompt_target, chunk_count=chunk_count)
+        prompts[i] = hp.text
+        layouts.append(([r.rect for r in hp.regions], list(hp.token_region)))
+    if any(layout != layouts[0] for layout in layouts[1:]):
+        print('[Omost] the prompts of this batch differ, so their regions do not line up; '
+              'regional attention is off for this batch (use batch count instead of batch size).')
+        return None
+    return layouts[0]

@@ -1,0 +1,59 @@
+"""Omost in the WebUI (A1111 1.10 and Forge): an always-on script with its accordion in txt2img and img2img.
+
+Thin wiring only: the UI is `omost_webui.ui`, the generation hooks are `omost_webui.generation`.
+No `ldm`, `sgm` or `backend` import here: Forge has no ldm, A1111 has no backend.
+"""
+
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:  # the extension's own packages (lib_omost, omost_webui)
+    sys.path.insert(0, _ROOT)
+
+from modules import script_callbacks, scripts  # noqa: E402
+from modules.ui_components import InputAccordion  # noqa: E402
+
+from omost_webui import generation, settings  # noqa: E402
+from omost_webui.paste import on_infotext_pasted  # noqa: E402
+
+
+class Script(scripts.Script):
+    def title(self):
+        return 'Omost'
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        from omost_webui.ui import build_ui
+        ui = build_ui(is_img2img, self.elem_id, accordion_cls=InputAccordion, settings=settings.current())
+        self.infotext_fields = ui.infotext_fields
+        self.paste_field_names = ui.paste_field_names
+        return ui.inputs
+
+    def before_process(self, p, enabled=False, canvas=None, options=None, *rest):
+        generation.before_process(p, enabled, canvas, options)
+
+    def process(self, p, enabled=False, canvas=None, options=None, *rest):
+        generation.process(p, enabled, canvas, options)
+
+    def process_batch(self, p, *args, **kwargs):
+        generation.process_batch(p)
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        generation.process_before_every_sampling(p, kwargs['x'])
+
+    def postprocess(self, p, processed, *args):
+        generation.postprocess(p)
+
+
+def _on_model_loaded(sd_model):
+    generation.cleanup()
+
+
+script_callbacks.on_ui_settings(settings.register)
+script_callbacks.on_cfg_denoiser(generation.on_cfg_denoiser)
+script_callbacks.on_infotext_pasted(on_infotext_pasted)
+script_callbacks.on_model_loaded(_on_model_loaded)
+script_callbacks.on_script_unloaded(generation.cleanup)

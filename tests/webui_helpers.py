@@ -1,0 +1,412 @@
+"""Test rig for the WebUI hooks: tiny real models behind each host's documented interfaces.
+
+- A1111: the real ldm UNetModel (stable-diffusion-sdkit, byte-identical attention to A1111's pinned ldm) under
+  `sd_model.model.diffusion_model`, a text encoder whose `tokenize_line` follows A1111's chunking (real CLIP BPE,
+  BREAK, escapes, emphasis, comma backtrack, Emphasis "None" skipping the parser), a fake VAE.
+- Forge: a UnetPatcher / forge_objects pair and a small UNet whose transformer blocks run attn2 exactly as
+  Forge's `BasicTransformerBlock._forward` does (attn2_patch list, patches_replace["attn2"] looked up by
+  (block, id, block_index) then (block, id), q/k/v projected before the replace patch, to_out after).
+The fake `modules` package lives in tests/webui_stubs.
+"""
+import copy
+import importlib.util
+import os
+import re
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUBS = os.path.join(ROOT, 'tests', 'webui_stubs')
+if STUBS not in sys.path:
+    sys.path.insert(0, STUBS)
+
+from lib_omost import clip_tokenizer  # noqa: E402
+
+CONTEXT_DIM = 64
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompt parsing and chunking (A1111 prompt_parser.parse_prompt_attention + tokenize_line, as documented)
+
+_RE_ATTENTION = re.compile(r'\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:', re.X)
+_RE_BREAK = re.compile(r'\s*\bBREAK\b\s*', re.S)
+
+
+def parse_prompt_attention(text):
+    res, round_brackets, square_brackets = [], [], []
+
+    def multiply(start, factor):
+        for p in range(start, len(res)):
+            res[p][1] *= factor
+
+    for m in _RE_ATTENTION.finditer(text):
+        token, weight = m.group(0), m.group(1)
+        if token.startswith('\\'):
+            res.append([token[1:], 1.0])
+        elif token == '(':
+            round_brackets.append(len(res))
+        elif token == '[':
+            square_brackets.append(len(res))
+        elif weight is not None and round_brackets:
+            multiply(round_brackets.pop(), float(weight))
+        elif token == ')' and round_brackets:
+            multiply(round_brackets.pop(), 1.1)
+        elif token == ']' and square_brackets:
+            multiply(square_brackets.pop(), 1 / 1.1)
+        else:
+            for i, part in enumerate(_RE_BREAK.split(token)):
+                if i > 0:
+                    res.append(['BREAK', -1])
+                res.append([part, 1.0])
+    for pos in round_brackets:
+        multiply(pos, 1.1)
+    for pos in square_brackets:
+        multiply(pos, 1 / 1.1)
+    if not res:
+        res = [['', 1.0]]
+    merged = [res[0]]
+    for item in res[1:]:
+        if item[1] == merged[-1][1] and item[1] != -1 and merged[-1][1] != -1:
+            merged[-1][0] += item[0]
+        else:
+            merged.append(item)
+    return merged
+
+
+class PromptChunk:
+    def __init__(self):
+        self.tokens, self.multipliers = [], []
+
+
+class FakeClipEmbedder(nn.Module):
+    """`tokenize_line(line) -> (chunks, token_count)` and `encode(prompts)` with A1111's per-chunk layout."""
+
+    chunk_length = 75
+
+    def __init__(self, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.token_embedding = nn.Parameter(torch.randn(49408, CONTEXT_DIM, generator=g) * 0.5)
+        self.position_embedding = nn.Parameter(torch.randn(77, CONTEXT_DIM, generator=g) * 0.1)
+        self.comma_token = clip_tokenizer.encode(',')[0]
+
+    def tokenize_line(self, line):
+        from modules import shared
+        if shared.opts.emphasis != 'None':
+            parsed = parse_prompt_attention(line)
+        else:
+            parsed = [[line, 1.0]]
+        chunks, chunk, token_count, last_comma = [], PromptChunk(), 0, -1
+
+        def next_chunk(is_last=False):
+            nonlocal chunk, token_count, last_comma
+            token_count += len(chunk.tokens) if is_last else self.chunk_length
+            pad = self.chunk_length - len(chunk.tokens)
+            chunk.tokens = [clip_tokenizer.BOS_ID] + chunk.tokens + [clip_tokenizer.EOS_ID] * (pad + 1)
+            chunk.multipliers = [1.0] + chunk.multipliers + [1.0] * (pad + 1)
+            last_comma = -1
+            chunks.append(chunk)
+            chunk = PromptChunk()
+
+        for text, weight in parsed:
+            if text == 'BREAK' and weight == -1:
+                next_chunk()
+                continue
+            for token in clip_tokenizer.encode(text):
+                if token == self.comma_token:
+                    last_comma = len(chunk.tokens)
+                elif len(chunk.tokens) == self.chunk_length and last_comma != -1 \
+                        and len(chunk.tokens) - last_comma <= 20:
+                    cut = last_comma + 1
+                    moved = chunk.tokens[cut:], chunk.multipliers[cut:]
+                    chunk.tokens, chunk.multipliers = chunk.tokens[:cut], chunk.multipliers[:cut]
+                    next_chunk()
+                    chunk.tokens, chunk.multipliers = list(moved[0]), list(moved[1])
+                if len(chunk.tokens) == self.chunk_length:
+                    next_chunk()
+                chunk.tokens.append(token)
+                chunk.multipliers.append(weight)
+        if chunk.tokens or not chunks:
+            next_chunk(is_last=True)
+        return chunks, token_count
+
+    def encode(self, prompts):
+        lines = [self.tokenize_line(p)[0] for p in prompts]
+        n = max(len(chunks) for chunks in lines)
+        rows = []
+        for chunks in lines:
+            chunks = chunks + [self.tokenize_line('')[0][0]] * (n - len(chunks))
+            zs = []
+            for c in chunks:
+                z = self.token_embedding[torch.tensor(c.tokens)] + self.position_embedding
+                zs.append(z * torch.tensor(c.multipliers)[:, None])
+            rows.append(torch.cat(zs))
+        return torch.stack(rows)
+
+
+class FakeVAE(nn.Module):
+    def __init__(self, seed=1):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.enc = nn.Parameter(torch.randn(4, 3, generator=g) * 0.5)
+        self.dec = nn.Parameter(torch.randn(3, 4, generator=g) * 0.5)
+
+    def encode(self, image):  # (B, 3, H, W) in -1..1
+        return torch.einsum('oc,bchw->bohw', self.enc, F.avg_pool2d(image, 8))
+
+    def decode(self, z):
+        return torch.einsum('oc,bchw->bohw', self.dec, F.interpolate(z, scale_factor=8, mode='nearest'))
+
+
+class _ModelBase(nn.Module):
+    is_sd1, is_sd2, is_sdxl = True, False, False
+
+    def __init__(self):
+        super().__init__()
+        self.vae = FakeVAE()
+        self.activated = []  # extra-network data activated per batch, as the host's extra_networks.activate
+
+    def activate_extra_networks(self, p, data):
+        self.activated.append(data)
+
+    def get_learned_conditioning(self, prompts):
+        return self.embedder.encode(prompts)
+
+    def encode_first_stage(self, image):
+        return self.vae.encode(image)
+
+    def get_first_stage_encoding(self, z):
+        return z
+
+    def decode_first_stage(self, z):
+        return self.vae.decode(z)
+
+    def encode_image(self, image):
+        from modules import sd_samplers_common
+        array = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        return sd_samplers_common.images_tensor_to_samples(array, None, self)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A1111: the real ldm UNet
+
+
+def tiny_ldm_unet(seed=0):
+    """The tiny real ldm UNet of the attention tests, with its zero-initialised output projections given
+    random weights: otherwise the attention (and so the regions) could not change the result."""
+    from attention_helpers import tiny_unet
+    unet = tiny_unet(seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in unet.parameters():
+            if p.dim() > 1 and p.abs().sum() == 0:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return unet
+
+
+class A1111Model(_ModelBase):
+    def __init__(self, unet):
+        super().__init__()
+        self.model = nn.Module()
+        self.model.diffusion_model = unet
+        self.cond_stage_model = FakeClipEmbedder()
+        self.embedder = self.cond_stage_model
+
+    def apply_model(self, x, t, cond):
+        return self.model.diffusion_model(x, t, context=cond)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Forge: UnetPatcher, forge_objects and a UNet with Forge's attn2 patch dispatch
+
+
+class UnetPatcher:
+    def __init__(self, model):
+        self.model = model
+        self.model_options = {'transformer_options': {}}
+
+    def clone(self):
+        n = UnetPatcher(self.model)
+        n.model_options = copy.deepcopy(self.model_options)
+        return n
+
+    def set_model_patch_replace(self, patch, name, block_name, number, transformer_index=None):
+        to = self.model_options['transformer_options'].copy()
+        to['patches_replace'] = dict(to.get('patches_replace', {}))
+        to['patches_replace'][name] = dict(to['patches_replace'].get(name, {}))
+        key = (block_name, number, transformer_index) if transformer_index is not None else (block_name, number)
+        to['patches_replace'][name][key] = patch
+        self.model_options['transformer_options'] = to
+
+    def set_model_attn2_replace(self, patch, block_name, number, transformer_index=None):
+        self.set_model_patch_replace(patch, 'attn2', block_name, number, transformer_index)
+
+    def set_model_replace_all(self, patch, target='attn1'):
+        for block_name in ('input', 'middle', 'output'):
+            for number in range(16):
+                for transformer_index in range(16):
+                    self.set_model_patch_replace(patch, target, block_name, number, transformer_index)
+
+    def set_model_patch(self, patch, name):
+        to = self.model_options['transformer_options'].copy()
+        to['patches'] = dict(to.get('patches', {}))
+        to['patches'][name] = to['patches'].get(name, []) + [patch]
+        self.model_options['transformer_options'] = to
+
+    def set_model_attn2_patch(self, patch):
+        self.set_model_patch(patch, 'attn2_patch')
+
+
+class ForgeObjects:
+    def __init__(self, unet, clip=None, vae=None, clipvision=None):
+        self.unet, self.clip, self.vae, self.clipvision = unet, clip, vae, clipvision
+
+    def shallow_copy(self):
+        return ForgeObjects(self.unet, self.clip, self.vae, self.clipvision)
+
+
+class ForgeCrossAttention(nn.Module):
+    def __init__(self, dim, context_dim, heads, dim_head):
+        super().__init__()
+        self.heads, self.dim_head = heads, dim_head
+        inner = heads * dim_head
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(0.0))
+
+    def attention(self, q, k, v):
+        b = q.shape[0]
+        q, k, v = (t.view(b, -1, self.heads, self.dim_head).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return out.transpose(1, 2).reshape(b, -1, self.heads * self.dim_head)
+
+    def forward(self, x, context=None, value=None, transformer_options={}):
+        context = x if context is None else context
+        value = context if value is None else value
+        return self.to_out(self.attention(self.to_q(x), self.to_k(context), self.to_v(value)))
+
+
+class ForgeTransformerBlock(nn.Module):
+    def __init__(self, dim, heads=2, dim_head=16):
+        super().__init__()
+        self.n_heads, self.d_head = heads, dim_head
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = ForgeCrossAttention(dim, CONTEXT_DIM, heads, dim_head)
+
+    def forward(self, x, context, transformer_options):
+        extra_options = {k: v for k, v in transformer_options.items() if k not in ('patches', 'patches_replace')}
+        patches = transformer_options.get('patches', {})
+        replace = transformer_options.get('patches_replace', {}).get('attn2', {})
+        extra_options['n_heads'], extra_options['dim_head'] = self.n_heads, self.d_head
+        block = transformer_options.get('block')
+        key = (block[0], block[1], transformer_options.get('block_index', 0))
+        n = self.norm2(x)
+        context_attn2, value_attn2 = context, None
+        for patch in patches.get('attn2_patch', []):
+            value_attn2 = context_attn2
+            n, context_attn2, value_attn2 = patch(n, context_attn2, value_attn2, extra_options)
+        if key not in replace:
+            key = block
+        if key in replace:
+            value_attn2 = context_attn2 if value_attn2 is None else value_attn2
+            q, k, v = self.attn2.to_q(n), self.attn2.to_k(context_attn2), self.attn2.to_v(value_attn2)
+            n = self.attn2.to_out(replace[key](q, k, v, extra_options))
+        else:
+            n = self.attn2(n, context=context_attn2, value=value_attn2, transformer_options=extra_options)
+        return x + n
+
+
+class ForgeSpatialTransformer(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.proj_in = nn.Conv2d(dim, dim, 1)
+        self.transformer_blocks = nn.ModuleList([ForgeTransformerBlock(dim)])
+        self.proj_out = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x, context, transformer_options):
+        b, c, h, w = x.shape
+        y = self.proj_in(x).flatten(2).transpose(1, 2)
+        for i, block in enumerate(self.transformer_blocks):
+            transformer_options['block_index'] = i
+            y = block(y, context, transformer_options)
+        return x + self.proj_out(y.transpose(1, 2).reshape(b, c, h, w))
+
+
+class ForgeTinyUNet(nn.Module):
+    """conv -> attention ("input", 1) -> stride-2 down (rounding up) -> attention ("middle", 0) -> up ->
+    attention ("output", 1) -> conv; the transformer_options keys Forge's IntegratedUNet sets."""
+
+    def __init__(self, dim=32, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv_in = nn.Conv2d(4, dim, 3, padding=1)
+        self.time = nn.Linear(1, dim)
+        self.input_attn = ForgeSpatialTransformer(dim)
+        self.down = nn.Conv2d(dim, dim, 3, stride=2, padding=1)
+        self.middle_attn = ForgeSpatialTransformer(dim)
+        self.output_attn = ForgeSpatialTransformer(dim)
+        self.conv_out = nn.Conv2d(dim, 4, 3, padding=1)
+
+    def forward(self, x, timesteps, context, transformer_options):
+        to = dict(transformer_options)
+        to['original_shape'] = list(x.shape)
+        to['transformer_index'] = 0
+        h = self.conv_in(x) + self.time(timesteps[:, None].float() / 100.0)[:, :, None, None]
+        to['block'] = ('input', 1)
+        h = self.input_attn(h, context, to)
+        to['transformer_index'] += 1
+        skip = h
+        m = self.down(h)
+        to['block'] = ('middle', 0)
+        m = self.middle_attn(m, context, to)
+        to['transformer_index'] += 1
+        h = skip + F.interpolate(m, size=skip.shape[-2:], mode='nearest')
+        to['block'] = ('output', 1)
+        h = self.output_attn(h, context, to)
+        return self.conv_out(h)
+
+
+class KModel(nn.Module):
+    def __init__(self, diffusion_model):
+        super().__init__()
+        self.diffusion_model = diffusion_model
+
+    def apply_model(self, x, t, context, transformer_options):
+        return self.diffusion_model(x, t, context, transformer_options)
+
+
+class ForgeModel(_ModelBase):
+    def __init__(self, unet_module):
+        super().__init__()
+        self.text_processing_engine = FakeClipEmbedder()
+        self.embedder = self.text_processing_engine
+        self.kmodel = KModel(unet_module)
+        self.forge_objects = ForgeObjects(UnetPatcher(self.kmodel), vae=self.vae)
+        self.forge_objects_original = self.forge_objects.shallow_copy()
+        self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The extension, loaded as the WebUI loads a script file
+
+
+def load_script():
+    """Import scripts/omost.py as the WebUI does (by path, as a fresh module) and return its Script class."""
+    path = os.path.join(ROOT, 'scripts', 'omost.py')
+    spec = importlib.util.spec_from_file_location('omost_script_under_test', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def state_dict_snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def forward_attributes(module):
+    """Instance-level `forward` overrides anywhere under `module` (what an A1111 hook leaves behind)."""
+    return [name for name, m in module.named_modules() if 'forward' in vars(m)]

@@ -1,0 +1,62 @@
+"""opts (with add_option / OptionInfo, as modules/options.py), cmd_opts, state."""
+import argparse
+
+
+class OptionInfo:
+    def __init__(self, default=None, label='', component=None, component_args=None, onchange=None, section=None,
+                 refresh=None, comment_before='', comment_after='', infotext=None, restrict_api=False,
+                 category_id=None):
+        self.default, self.label, self.component, self.component_args = default, label, component, component_args
+        self.section, self.restrict_api, self.infotext = section, restrict_api, infotext
+
+
+class Options:
+    def __init__(self, data_labels):
+        object.__setattr__(self, 'data_labels', dict(data_labels))
+        object.__setattr__(self, 'data', {})
+
+    def add_option(self, key, info):
+        self.data_labels[key] = info
+        self.data.setdefault(key, info.default)
+
+    def get_default(self, key):
+        return self.data_labels[key].default
+
+    def set(self, key, value, is_api=False, run_callbacks=True):
+        self.data[key] = value
+
+    def __getattr__(self, item):
+        if item in self.data:
+            return self.data[item]
+        if item in self.data_labels:
+            return self.data_labels[item].default
+        raise AttributeError(item)
+
+    def __setattr__(self, key, value):
+        self.data[key] = value
+
+
+opts = Options({
+    'emphasis': OptionInfo('Original'),
+    'sd_vae_encode_method': OptionInfo('Full'),
+    'img2img_fix_steps': OptionInfo(False),
+    'CLIP_stop_at_last_layers': OptionInfo(1),
+})
+
+cmd_opts = argparse.Namespace()
+
+
+class State:
+    def __init__(self):
+        self.interrupted = False
+        self.skipped = False
+        self.sampling_step = 0
+        self.sampling_steps = 0
+
+    def interrupt(self):
+        self.interrupted = True
+
+
+state = State()
+device = 'cpu'
+sd_model = None

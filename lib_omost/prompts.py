@@ -259,7 +259,9 @@ def region_bags(prefixes: list, suffixes: list, counter: Counter, *, preset: Pre
     allowed = BAG_TOKENS - fitter.length(before + after)
 
     pieces = [_Piece(preset.apply(t)) for t in suffixes]
-    lengths = [min(fitter.count(p), BAG_TOKENS) for p in pieces]
+    lengths = [min(fitter.count(p), BAG_TOKENS) for p in pieces]  # Omost crops every sub-prompt to 75 tokens
+    over_long = {i for i, p in enumerate(pieces) if fitter.count(p) > BAG_TOKENS}
+    pieces = [fitter.crop([p], 0) if i in over_long else p for i, p in enumerate(pieces)]
     groups = greedy_partition(lengths, allowed) or [[]]
     bags = []
     for group in groups:
@@ -267,6 +269,7 @@ def region_bags(prefixes: list, suffixes: list, counter: Counter, *, preset: Pre
         crop = len(members) == 1 and lengths[group[0]] > allowed
         if crop:  # Omost would truncate the token list here; cut whole words instead
             members = [(group[0], fitter.crop(before + [pieces[group[0]]] + after, len(before)))]
+        crop = crop or bool(over_long.intersection(group))
         parts = _split_to_fit(fitter, before, members, after)
         if len(parts) > 1:
             warnings.append(f'{where}: the host tokenizer needed a bag split in {len(parts)}')

@@ -1,0 +1,225 @@
+"""A1111 1.10: regional cross-attention through instance-level `attn2.forward` hooks.
+
+A1111 installs its attention optimisations as CLASS attributes (`CrossAttention.forward = ...`), so an instance
+attribute on each `attn2` module shadows them and `del module.forward` brings them back. Nothing here touches a
+class. Every hooked module is kept in a module-level registry, so `remove_all()` can clean up from anywhere
+(postprocess, the next generation, model load, script unload), also after a generation died with an exception.
+
+A hook acts only while its owner is armed; otherwise it calls the forward it shadows, so the host's own
+attention runs unchanged. A1111 passes no cond/uncond labels: `on_cfg_denoiser` records how many rows are cond
+and a forward pre-hook on the diffusion model counts the rows of each UNet call. A1111's CFGDenoiser lays x_in out
+as [cond rows, uncond rows] and sends them in order (one call, or chunks), so the rows of a call with an index
+below n_cond are cond. Cond rows get regional attention, the others the host's own forward.
+
+No `modules` import at module level: this file is imported in tests and on Forge.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+
+import torch
+
+from lib_omost.attention import attend, step_fraction
+
+log = logging.getLogger(__name__)
+
+CONTROLNET_MARK = 1024.0  # sd-webui-controlnet prepends a token of +-1024 to mark cond / uncond contexts
+
+_hooked = weakref.WeakKeyDictionary()  # attn2 module -> (owner, the instance forward it shadowed or None)
+_pre_hooks = []                         # (owner, RemovableHandle) of the diffusion-model pre-hooks
+_armed = None                           # the one A1111RegionalHooks whose hooks may act
+
+
+def remove_all():
+    """Disarm and remove every hook this module ever installed (idempotent)."""
+    global _armed
+    _armed = None
+    for module, (owner, previous) in list(_hooked.items()):
+        _unhook(module, previous)
+    for owner, handle in list(_pre_hooks):
+        handle.remove()
+    _pre_hooks.clear()
+
+
+def _unhook(module, previous):
+    current = module.__dict__.get('forward')
+    if getattr(current, 'omost_owner', None) is None:
+        # Someone else shadowed our hook after us (e.g. ControlNet's IP-Adapter); it will put ours back when it
+        # leaves, and ours is a no-op while disarmed. Keep it registered so a later removal can retry.
+        log.warning('Omost: %s.forward was replaced by another extension; leaving it', type(module).__name__)
+        return
+    if previous is None:
+        del module.forward
+    else:
+        module.forward = previous
+    _hooked.pop(module, None)
+
+
+def _host_attention_settings():
+    """(upcast_attn, hypernetwork context function) from the running A1111, or (False, None) outside it."""
+    try:
+        from modules import shared
+        from modules.hypernetworks import hypernetwork
+    except ImportError:
+        return False, None
+    upcast = bool(getattr(shared.opts, 'upcast_attn', False))
+    return upcast, lambda context: hypernetwork.apply_hypernetworks(shared.loaded_hypernetworks, context)
+
+
+def _crossattn(cond):
+    if isinstance(cond, dict):  # SDXL: {'crossattn': (B, T, C), 'vector': ...}
+        return cond.get('crossattn')
+    return cond
+
+
+def _marked(cond) -> int:
+    """1 when sd-webui-controlnet prepended its marker token to this context, else 0."""
+    if cond is None or cond.shape[1] < 2:
+        return 0
+    first = cond[:, 0, :].detach().float()
+    return int(bool(((first.abs() - CONTROLNET_MARK).abs() < 1e-3).all()))
+
+
+class A1111RegionalHooks:
+    """The attn2 hooks of one generation, driven by a `lib_omost.attention.RegionalAttention`."""
+
+    def __init__(self, regional, upcast=None, context_kv=None):
+        self.regional = regional
+        self.upcast = upcast          # None: read shared.opts.upcast_attn at install
+        self.context_kv = context_kv  # context -> (context_k, context_v); None: A1111's hypernetworks
+        self.n_cond = None            # cond rows of the current denoiser step (text_cond.shape[0])
+        self.cond_length = None       # L_c, L_u: token lengths seen by the denoiser, without ControlNet's mark
+        self.uncond_length = None
+        self._rows_seen = 0           # rows of x_in already sent to the UNet in this denoiser step
+        self._call_rows = None        # (first row, rows) of the running UNet call
+        self._said = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def install(self, diffusion_model, arm: bool = True) -> int:
+        """Hook every `...attn2` CrossAttention under the diffusion model; returns how many were hooked."""
+        if self.upcast is None or self.context_kv is None:
+            upcast, context_kv = _host_attention_settings()
+            self.upcast = upcast if self.upcast is None else self.upcast
+            self.context_kv = context_kv if self.context_kv is None else self.context_kv
+        count = 0
+        for name, module in diffusion_model.named_modules():
+            if name.rsplit('.', 1)[-1] == 'attn2' and type(module).__name__ == 'CrossAttention':
+                self._hook(module)
+                count += 1
+        handle = diffusion_model.register_forward_pre_hook(self._before_unet, with_kwargs=True)
+        _pre_hooks.append((self, handle))
+        if arm:
+            self.arm()
+        return count
+
+    def arm(self):
+        global _armed
+        _armed = self
+
+    def disarm(self):
+        global _armed
+        if _armed is self:
+            _armed = None
+
+    @property
+    def armed(self) -> bool:
+        return _armed is self
+
+    def remove(self):
+        self.disarm()
+        for module, (owner, previous) in list(_hooked.items()):
+            if owner is self:
+                _unhook(module, previous)
+        for entry in [e for e in _pre_hooks if e[0] is self]:
+            entry[1].remove()
+            _pre_hooks.remove(entry)
+
+    def _hook(self, module):
+        if module in _hooked:
+            _unhook(module, _hooked[module][1])
+        previous = module.__dict__.get('forward')
+        owner = self
+
+        def forward(x, context=None, mask=None, **kwargs):
+            return owner._forward(module, previous, x, context, mask, kwargs)
+
+        forward.omost_owner = self
+        module.forward = forward
+        _hooked[module] = (self, previous)
+
+    # -- per step and per UNet call ----------------------------------------------------------------------
+
+    def on_cfg_denoiser(self, params):
+        """Called from A1111's on_cfg_denoiser callback before the UNet calls of every sampling step."""
+        cond, uncond = _crossattn(params.text_cond), _crossattn(params.text_uncond)
+        self.n_cond = int(cond.shape[0])
+        self.cond_length = int(cond.shape[1]) - _marked(cond)
+        self.uncond_length = None if uncond is None else int(uncond.shape[1]) - _marked(uncond)
+        self._rows_seen = 0
+        self._call_rows = None
+        self.regional.set_progress(step_fraction(params.sampling_step, params.total_sampling_steps))
+        if self.cond_length != self.regional.cond_length:
+            self._say(f'the cond has {self.cond_length} tokens but the region map {self.regional.cond_length}; '
+                      'plain attention')
+
+    def _before_unet(self, module, args, kwargs):
+        if _armed is not self:
+            return None
+        x = args[0] if args else kwargs.get('x')
+        if not torch.is_tensor(x) or x.dim() != 4:
+            self._call_rows = None
+            return None
+        self._call_rows = (self._rows_seen, int(x.shape[0]))
+        self._rows_seen += int(x.shape[0])
+        self.regional.set_latent_size(int(x.shape[-2]), int(x.shape[-1]))
+        return None
+
+    def _say(self, message):
+        if message not in self._said:
+            self._said.add(message)
+            log.warning('Omost: %s', message)
+
+    def _cond_row_count(self, x, context, mask, kwargs) -> int:
+        """How many leading rows of this attn2 call are cond rows that get regions (0: all plain)."""
+        if _armed is not self or context is None or mask is not None or x.dim() != 3:
+            return 0
+        if kwargs.get('additional_tokens') is not None or kwargs.get('n_times_crossframe_attn_in_self'):
+            return 0
+        if not self.regional.active or self.n_cond is None or self._call_rows is None:
+            return 0
+        if self.cond_length != self.regional.cond_length or context.shape[1] < self.cond_length:
+            return 0  # not the region prompt (uncond-only call, other prompt, bug upstream)
+        first, rows = self._call_rows
+        if x.shape[0] != rows or context.shape[0] != rows:
+            return 0  # not the UNet call the pre-hook saw
+        return min(max(self.n_cond - first, 0), rows)
+
+    def _forward(self, module, previous, x, context, mask, kwargs):
+        def plain(x_, context_):
+            if previous is not None:
+                return previous(x_, context=context_, mask=mask, **kwargs)
+            return type(module).forward(module, x_, context=context_, mask=mask, **kwargs)
+
+        n_cond = self._cond_row_count(x, context, mask, kwargs)
+        if n_cond == 0:
+            return plain(x, context)
+        x_cond, context_cond = x[:n_cond], context[:n_cond]
+        context_k, context_v = self.context_kv(context_cond) if self.context_kv else (context_cond, context_cond)
+        # The module's own projections, so LoRA (weight patches or functional forwards) applies.
+        q, k, v = module.to_q(x_cond), module.to_k(context_k), module.to_v(context_v)
+        batch, pixels, heads = q.shape[0], q.shape[1], module.heads
+        q, k, v = (t.reshape(batch, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
+        dtype = q.dtype
+        if self.upcast and dtype in (torch.float16, torch.bfloat16):
+            q, k, v = q.float(), k.float(), v.float()
+        plan = self.regional.plan_for(pixels, k.shape[2], q.device, q.dtype, tiled=False)
+        if plan is None:
+            return plain(x, context)
+        out = attend(q, k, v, plan).transpose(1, 2).reshape(batch, pixels, -1).to(dtype)
+        out = module.to_out(out)
+        if n_cond < x.shape[0]:
+            out = torch.cat([out, plain(x[n_cond:], context[n_cond:])])
+        return out

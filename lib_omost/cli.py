@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--max-new-tokens', type=int, default=4096)
     p.add_argument('--no-cache', action='store_true', help='do not read or write the response cache')
     p.add_argument('--cache-dir', default=None, help='response cache folder')
+    p.add_argument('--models-dir', default='models/omost', help='where --local Omost model names are downloaded')
     p.add_argument('-o', '--output', help='write the canvas code of the reply here')
     p.set_defaults(func=cmd_chat)
 

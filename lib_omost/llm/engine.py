@@ -102,7 +102,8 @@ def stream_reply(backend, conv: Conversation, message: str, params: ChatParams |
     if n_prompt >= limit:
         notices.append(BUDGET_FULL.format(n=n_prompt, limit=limit))
     elif n_prompt + min(TYPICAL_REPLY_TOKENS, params.max_new_tokens) > limit:
-        notices.append(BUDGET_NEAR.format(n=n_prompt, limit=limit, reply=TYPICAL_REPLY_TOKENS))
+        notices.append(BUDGET_NEAR.format(n=n_prompt, limit=limit,
+                                          reply=min(TYPICAL_REPLY_TOKENS, params.max_new_tokens)))
 
     key = None
     if cache is not None:

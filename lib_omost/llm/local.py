@@ -14,6 +14,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import queue
 import re
 import threading
 
@@ -64,9 +65,11 @@ def check_versions(name: str, config: dict, family: str | None = None, transform
     have = transformers_version or package_version('transformers')
     if have is None:
         raise ChatError(f'{name} cannot run in-process: transformers is not installed. {ALTERNATIVES}')
-    for minimum, why in needs(config, family):
-        if have < minimum:
-            raise ChatError(f'{name} cannot run in-process with transformers {_fmt(have)}: {why}. {ALTERNATIVES}')
+    missing = [(minimum, why) for minimum, why in needs(config, family) if have < minimum]
+    if missing:
+        newest = max(minimum for minimum, _ in missing)
+        raise ChatError(f'{name} cannot run in-process with transformers {_fmt(have)} (it needs {_fmt(newest)} or '
+                        f'newer): ' + '; '.join(why for _, why in missing) + f'. {ALTERNATIVES}')
 
 
 def check_bitsandbytes(name: str, quant: str, device: str):
@@ -169,9 +172,12 @@ class LocalBackend:
 
     def load(self, progress=None):
         with self._lock:
-            if self.model is not None:
-                return
-            self.check()  # catalogue models: refuse before a 6 GB download that could not run anyway
+            self._load(progress)
+
+    def _load(self, progress=None):
+        if self.model is None:
+            # Refuse before a 6 GB download (catalogue models) or any import of transformers (folders).
+            self.check(self.name if os.path.isdir(self.name) else None)
             folder = self.locate(progress)
             device = _pick_device(self.device)
             self.check(folder, device)
@@ -246,15 +252,30 @@ class LocalBackend:
             kwargs.update(do_sample=False, temperature=None, top_p=None)  # greedy, like Omost at temperature 0
         return kwargs
 
+    def _load_reporting(self):
+        """Load (download first if needed) in a thread, passing its progress lines on as notices."""
+        lines, failure = queue.Queue(), []
+
+        def run():
+            try:
+                self._load(progress=lines.put)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the streaming thread
+                failure.append(e)
+            finally:
+                lines.put(None)
+
+        threading.Thread(target=run, name='omost-llm-load', daemon=True).start()
+        for line in iter(lines.get, None):
+            yield 'notice', line
+        if failure:
+            raise failure[0]
+
     def stream(self, messages: list, params: ChatParams, stop: threading.Event):
-        import torch
-        from transformers import TextIteratorStreamer
         with self._lock:
-            notices = []
             if self.model is None:
-                self.load(progress=notices.append)
-            for line in notices:
-                yield 'notice', line
+                yield from self._load_reporting()
+            import torch
+            from transformers import TextIteratorStreamer
             input_ids = self.encode(messages)
             if input_ids.shape[-1] >= self.context_tokens:
                 raise ChatError(BUDGET_FULL.format(n=int(input_ids.shape[-1]), limit=self.context_tokens))

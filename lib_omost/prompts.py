@@ -275,6 +275,8 @@ def region_bags(prefixes: list, suffixes: list, counter: Counter, *, preset: Pre
             warnings.append(f'{where}: the host tokenizer needed a bag split in {len(parts)}')
         for bag_pieces, items, cropped in parts:
             all_pieces = before + bag_pieces + after
+            if not _join(p.text for p in all_pieces):  # an empty last BREAK segment would make no chunk at all
+                all_pieces = [_Piece('.')]
             bags.append(Bag(text=_join(p.text for p in all_pieces), host_text=_join(p.host for p in all_pieces),
                             tokens=fitter.length(all_pieces), items=items, cropped=crop or cropped))
     if any(b.cropped for b in bags):

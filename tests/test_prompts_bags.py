@@ -72,8 +72,8 @@ def test_random_sub_prompts_never_overflow_and_keep_order(prefixes, suffixes):
     head_tokens = sum(ref.n_tokens(p) for p in prefixes)
     for bag in bags:
         assert ref.n_tokens(bag.text) <= ref.BAG
-        if not bag.cropped and head_tokens <= ref.BAG:
-            assert bag.text.split() == selected_words(prefixes, suffixes, bag.items)
+        if not bag.cropped and head_tokens <= ref.BAG:  # an empty bag is written '.' so that it still is a chunk
+            assert bag.text.split() == (selected_words(prefixes, suffixes, bag.items) or ['.'])
     if head_tokens <= ref.BAG and suffixes:
         assert [list(b.items) for b in bags] == [g for g, _ in ref.omost_bags(prefixes, suffixes)]
     if head_tokens > ref.BAG:  # a head Omost could not encode is cropped, leaving room for details

@@ -65,6 +65,15 @@ def test_fixture_prompt_chunks_match_the_bags():
         assert ref.ids(literal) == ref.ids(bag.text)
 
 
+def test_empty_texts_still_give_one_chunk_per_bag():
+    comfy = [{'rect': [0, 90, 0, 90], 'prefixes': ['a meadow.'], 'suffixes': ['', 'flowers.']},
+             {'rect': [0, 45, 0, 90], 'prefixes': [''], 'suffixes': ['']}]
+    canvas = load_canvas(comfy).canvas
+    result = build_host_prompt(canvas, offline_counter)
+    assert result.n_chunks == 2 == ref.host_chunk_count(result.text)
+    assert result.token_region == [0] * 77 + [1] * 77
+
+
 def test_bag_the_host_would_spill_is_split_not_truncated():
     """A counter that under-counts (as when a textual-inversion name is longer than its words) is corrected by the
     host's own chunking: the bag is split, and every word still reaches the encoder."""

@@ -12,7 +12,6 @@ if _ROOT not in sys.path:  # the extension's own packages (lib_omost, omost_webu
     sys.path.insert(0, _ROOT)
 
 from modules import script_callbacks, scripts  # noqa: E402
-from modules.ui_components import InputAccordion  # noqa: E402
 
 from omost_webui import generation, settings  # noqa: E402
 from omost_webui.paste import on_infotext_pasted  # noqa: E402
@@ -26,6 +25,7 @@ class Script(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
+        from modules.ui_components import InputAccordion
         from omost_webui.ui import build_ui
         ui = build_ui(is_img2img, self.elem_id, accordion_cls=InputAccordion, settings=settings.current())
         self.infotext_fields = ui.infotext_fields

@@ -410,3 +410,63 @@ def state_dict_snapshot(module):
 def forward_attributes(module):
     """Instance-level `forward` overrides anywhere under `module` (what an A1111 hook leaves behind)."""
     return [name for name, m in module.named_modules() if 'forward' in vars(m)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running generations through the fake host
+
+
+class Rig:
+    """One model, the extension's script (loaded once per test session) and a probe on every denoiser step."""
+
+    _script_module = None
+
+    def __init__(self, model):
+        from modules import script_callbacks, scripts
+        if Rig._script_module is None:
+            Rig._script_module = load_script()
+            script_callbacks.on_cfg_denoiser(Rig._probe)
+        self.model = model
+        self.script = Rig._script_module.Script()
+        self.runner = scripts.ScriptRunner([(self.script, 3)])
+        self.bare = scripts.ScriptRunner([])  # a WebUI that never loaded the extension
+
+    steps = []  # one dict per denoiser step of the last generations (cleared by generate())
+
+    @staticmethod
+    def _probe(params):
+        from modules import shared
+        p = params.denoiser.p
+        model = p.sd_model
+        info = {'hr': p.is_hr_pass, 'prompt': p.prompts[0], 'cond_len': params.text_cond.shape[1], 'emphasis': shared.opts.emphasis,
+                'denoise': p.denoising_strength, 'total': params.total_sampling_steps}
+        if hasattr(model, 'forge_objects'):
+            options = params.denoiser.sampler.unet_patcher.model_options['transformer_options']
+            info['patched'] = len(options.get('patches_replace', {}).get('attn2', {}))
+        else:
+            info['hooked'] = len(forward_attributes(model.model.diffusion_model))
+        job = getattr(p, '_omost_job', None)
+        current = getattr(job, 'current', None)
+        info['latent_size'] = getattr(current, 'latent_size', None)
+        Rig.steps.append(info)
+
+    def p(self, omost=None, bare=False, **kwargs):
+        from modules import processing
+        args = dict(prompt='a photo <lora:foo:0.5>', negative_prompt='blurry', steps=3, width=64, height=64,
+                    cfg_scale=5.0)
+        args.update(kwargs)
+        cls = processing.StableDiffusionProcessingImg2Img if 'init_images' in args \
+            else processing.StableDiffusionProcessingTxt2Img
+        script_args = list(omost) if omost is not None else [False, '', '']
+        return cls(self.model, scripts=self.bare if bare else self.runner, script_args=script_args, **args)
+
+    def generate(self, omost=None, bare=False, **kwargs):
+        """(p, Processed) of one generation; `omost` = the script args [enabled, canvas, options]."""
+        from modules import processing
+        Rig.steps = []
+        p = self.p(omost, bare, **kwargs)
+        return p, processing.process_images(p)
+
+
+def images_equal(a, b) -> bool:
+    return len(a.images) == len(b.images) and all(torch.equal(x, y) for x, y in zip(a.images, b.images))

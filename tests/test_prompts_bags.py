@@ -45,6 +45,15 @@ def test_fixture_bags_are_omosts(name):
     assert result.n_chunks == n_bags
 
 
+def test_a_bag_of_exactly_75_tokens_is_one_bag_and_one_chunk():
+    prefixes = ['A yard.']
+    suffixes = [' '.join(['cat'] * 36), ' '.join(['dog'] * 36), 'A ball.']
+    assert ref.n_tokens(prefixes[0]) + ref.n_tokens(suffixes[0]) + ref.n_tokens(suffixes[1]) == 75
+    bags, _ = region_bags(prefixes, suffixes, offline_counter, chunk_count=ref.host_chunk_count)
+    assert [list(b.items) for b in bags] == [g for g, _ in ref.omost_bags(prefixes, suffixes)] == [[0, 1], [2]]
+    assert bags[0].tokens == 75 and not bags[0].cropped
+
+
 def test_over_long_sub_prompt_is_cropped_by_words_like_omosts_truncation():
     prefixes = ['A quiet harbour at dawn.', 'A small red fishing boat.']
     long_one = ', '.join(f'detail number {i} of the weathered hull' for i in range(14)) + '.'

@@ -334,5 +334,9 @@ def cli_bags(args, canvas: Canvas) -> int:
         'token_region': {'length': len(result.token_region), 'chunk_tokens': CHUNK_TOKENS,
                          'chunks': [[r.start, r.end, r.index] for r in result.regions]},
     }
-    print(json.dumps(out, indent=2, ensure_ascii=False))
+    text = json.dumps(out, indent=2, ensure_ascii=False)
+    # Lists of numbers on one line; JSON strings never hold a raw newline, so only real lists match.
+    text = re.sub(r'\[\n\s*(-?\d+(?:,\n\s*-?\d+)*)\n\s*\]', lambda m: '[' + ', '.join(m.group(1).split(',\n')).replace(
+        ' ' * 2, '') + ']', text)
+    print(text)
     return 0

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from lib_omost.attention import RegionalAttention, layer_size, omost_attention
-from tests.attention_helpers import omost_masks, omost_reference
+from tests.attention_helpers import omost_masks, omost_reference, one_thread
+
+assert one_thread  # autouse fixture
 
 GLOBAL = (0, 90, 0, 90)
 

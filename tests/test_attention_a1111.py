@@ -1,0 +1,243 @@
+"""A1111 hooks on a tiny real ldm UNetModel: every attn2 call equals Omost's formula on cond rows and the host's
+own forward on the others; removal (also after an exception) restores bit-identical outputs."""
+
+import math
+
+import pytest
+import torch
+
+from lib_omost.attention import RegionalAttention
+from omost_webui import a1111
+from tests.attention_helpers import (attn2_modules, denoiser_params, heads_merge, heads_split, omost_masks,
+                                     omost_reference, one_thread, tiny_unet)
+
+assert one_thread  # autouse fixture
+RECTS = [(0, 90, 0, 90), (10, 70, 0, 45), (30, 90, 40, 90)]
+TOKENS = torch.arange(77 * 3) // 77  # chunk i -> region i, like the bags
+LATENT = (8, 12)  # non-square; the tiny UNet's second level is 4 x 6
+BATCH = 2
+
+
+@pytest.fixture(scope='module', params=['sd1', 'sd2'])
+def both_unets(request):
+    """SD1-style (conv proj_in) and SD2-style (linear proj_in) tiny UNets."""
+    return tiny_unet(sd2=request.param == 'sd2')
+
+
+@pytest.fixture(scope='module')
+def unet():
+    return tiny_unet()
+
+
+@pytest.fixture(autouse=True)
+def clean_hooks():
+    yield
+    a1111.remove_all()
+
+
+def inputs(rows, length, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 4, *LATENT, generator=g)
+    context = torch.randn(rows, length, 64, generator=g)
+    return x, context
+
+
+def run(unet, x, context):
+    with torch.no_grad():
+        return unet(x, torch.full((x.shape[0],), 500.0), context=context)
+
+
+def capture(unet):
+    """Record (module, x, context, output) of every attn2 call through ordinary forward hooks."""
+    calls = []
+    handles = [m.register_forward_hook(lambda mod, args, kwargs, out: calls.append(
+        (mod, args[0], kwargs.get('context', args[1] if len(args) > 1 else None), out)), with_kwargs=True)
+        for _, m in attn2_modules(unet)]
+    return calls, handles
+
+
+def layer_hw(pixels):
+    for k in range(4):
+        h, w = (math.ceil(LATENT[0] / 2 ** k), math.ceil(LATENT[1] / 2 ** k))
+        if h * w == pixels:
+            return h, w
+    raise AssertionError(pixels)
+
+
+def expected(module, x, context, n_cond, token_map=TOKENS):
+    """Omost's formula (float64) on the first n_cond rows, the host's class forward on the rest."""
+    with torch.no_grad():
+        plain = type(module).forward(module, x[n_cond:], context=context[n_cond:])
+        if n_cond == 0:
+            return None, plain
+        q, k, v = (heads_split(t, module.heads) for t in (module.to_q(x[:n_cond]), module.to_k(context[:n_cond]),
+                                                          module.to_v(context[:n_cond])))
+        masks = omost_masks(RECTS, *layer_hw(x.shape[1]))
+        tokens = torch.cat([token_map, torch.full((context.shape[1] - token_map.numel(),), -1)])
+        cond = module.to_out(heads_merge(omost_reference(q, k, v, masks, tokens)).float())
+    return cond, plain
+
+
+def hooked(unet, **kw):
+    regional = RegionalAttention(RECTS, TOKENS, None, **kw)
+    hooks = a1111.A1111RegionalHooks(regional, upcast=False, context_kv=lambda c: (c, c))
+    assert hooks.install(unet) == len(attn2_modules(unet)) > 0
+    return hooks
+
+
+def check_calls(calls, n_cond, expected_calls):
+    assert len(calls) == expected_calls
+    for module, x, context, out in calls:
+        cond, plain = expected(module, x, context, n_cond)
+        if n_cond:
+            assert (out[:n_cond] - cond).abs().max() < 1e-5
+        assert torch.equal(out[n_cond:], plain)
+
+
+def test_joint_call_cond_rows_regional_uncond_rows_exactly_plain(both_unets):
+    unet = both_unets
+    hooks = hooked(unet)
+    x, context = inputs(2 * BATCH, 231)
+    hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
+    calls, handles = capture(unet)
+    run(unet, x, context)
+    for h in handles:
+        h.remove()
+    check_calls(calls, BATCH, len(attn2_modules(unet)))
+
+
+def test_separate_calls_when_lengths_differ(unet):
+    # Omost's long cond vs a 77-token negative: A1111 runs the cond rows, then one uncond call.
+    hooks = hooked(unet)
+    x, cond = inputs(BATCH, 231, seed=1)
+    _, uncond = inputs(BATCH, 77, seed=2)
+    hooks.on_cfg_denoiser(denoiser_params(cond, uncond))
+    calls, handles = capture(unet)
+    run(unet, x, cond)
+    check_calls(calls, BATCH, len(handles))
+    calls.clear()
+    out_uncond = run(unet, x, uncond)
+    for h in handles:
+        h.remove()
+    check_calls(calls, 0, len(handles))
+    a1111.remove_all()
+    assert torch.equal(out_uncond, run(unet, x, uncond))
+
+
+def test_cond_padded_to_a_longer_negative_masks_the_padding(unet):
+    hooks = hooked(unet)
+    x, context = inputs(2 * BATCH, 308, seed=3)  # cond padded from 231 to the 308-token negative
+    hooks.on_cfg_denoiser(denoiser_params(context[:BATCH, :231], context[BATCH:]))
+    calls, handles = capture(unet)
+    run(unet, x, context)
+    for h in handles:
+        h.remove()
+    check_calls(calls, BATCH, len(handles))
+
+
+def test_chunked_calls_follow_the_row_order(unet):
+    # batch_cond_uncond off: calls of BATCH rows in x_in order, cond first.
+    hooks = hooked(unet)
+    x, context = inputs(2 * BATCH, 231, seed=4)
+    hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
+    calls, handles = capture(unet)
+    run(unet, x[:BATCH], context[:BATCH])
+    check_calls(calls, BATCH, len(handles))
+    calls.clear()
+    run(unet, x[BATCH:], context[BATCH:])
+    for h in handles:
+        h.remove()
+    check_calls(calls, 0, len(handles))
+
+
+def test_removal_restores_bit_identical_outputs_and_classes(both_unets):
+    unet = both_unets
+    cls = type(attn2_modules(unet)[0][1])
+    class_forward = cls.forward
+    x, context = inputs(2 * BATCH, 231, seed=5)
+    before = run(unet, x, context)
+    hooks = hooked(unet)
+    hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
+    assert not torch.equal(run(unet, x, context), before)
+    assert cls.forward is class_forward  # only instances were touched
+    hooks.remove()
+    assert torch.equal(run(unet, x, context), before)
+    assert all('forward' not in m.__dict__ for _, m in attn2_modules(unet))
+    assert not unet._forward_pre_hooks
+
+
+def test_exception_inside_a_hooked_forward_leaves_no_trace(unet, monkeypatch):
+    x, context = inputs(2 * BATCH, 231, seed=6)
+    before = run(unet, x, context)
+    hooks = hooked(unet)
+    hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
+
+    def boom(*args, **kwargs):
+        raise RuntimeError('out of memory (simulated)')
+
+    monkeypatch.setattr(hooks.regional, 'plan_for', boom)
+    with pytest.raises(RuntimeError, match='simulated'):
+        run(unet, x, context)
+    a1111.remove_all()  # what the next generation / model load does
+    assert torch.equal(run(unet, x, context), before)
+    assert all('forward' not in m.__dict__ for _, m in attn2_modules(unet))
+    assert not unet._forward_pre_hooks
+
+
+def test_disarmed_or_outside_the_window_is_bit_identical(unet):
+    x, context = inputs(2 * BATCH, 231, seed=7)
+    before = run(unet, x, context)
+    hooks = hooked(unet, start=0.0, end=0.5)
+    hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:], step=10, total=20))
+    assert torch.equal(run(unet, x, context), before)
+    hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:], step=9, total=20))
+    assert not torch.equal(run(unet, x, context), before)
+    hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:], step=9, total=20))
+    hooks.disarm()
+    assert torch.equal(run(unet, x, context), before)
+    other = hooked(unet)  # a second owner replaces the first; only one is ever armed
+    assert other.armed and not hooks.armed
+
+
+def test_hook_uses_the_modules_projections_so_lora_applies(unet):
+    hooks = hooked(unet)
+    x, context = inputs(2 * BATCH, 231, seed=8)
+    hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
+    unpatched = run(unet, x, context)
+    module = attn2_modules(unet)[0][1]
+    original = module.to_k.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            module.to_k.weight += 0.5 * torch.randn_like(original)  # an in-place LoRA weight patch
+        hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
+        calls, handles = capture(unet)
+        patched = run(unet, x, context)
+        for h in handles:
+            h.remove()
+        assert not torch.equal(patched, unpatched)
+        check_calls(calls, BATCH, len(handles))  # the reference reads the patched module too
+    finally:
+        with torch.no_grad():
+            module.to_k.weight.copy_(original)
+
+
+def test_on_cfg_denoiser_reads_sdxl_dicts_and_controlnet_marks():
+    regional = RegionalAttention(RECTS, TOKENS, (8, 8))
+    hooks = a1111.A1111RegionalHooks(regional, upcast=False, context_kv=lambda c: (c, c))
+    cond, uncond = torch.randn(3, 231, 64), torch.randn(1, 77, 64)
+    marked_cond = torch.cat([torch.full((3, 1, 64), 1024.0), cond], 1)
+    marked_uncond = torch.cat([torch.full((1, 1, 64), -1024.0), uncond], 1)
+    hooks.on_cfg_denoiser(denoiser_params({'crossattn': marked_cond, 'vector': torch.zeros(3, 8)},
+                                          {'crossattn': marked_uncond, 'vector': torch.zeros(1, 8)}, 5, 20))
+    assert (hooks.n_cond, hooks.cond_length, hooks.uncond_length) == (3, 231, 77)
+    assert regional.progress == 0.25
+    hooks.on_cfg_denoiser(denoiser_params(cond, uncond))
+    assert (hooks.n_cond, hooks.cond_length, hooks.uncond_length) == (3, 231, 77)
+
+
+def test_host_settings_are_optional_outside_a1111(unet):
+    hooks = a1111.A1111RegionalHooks(RegionalAttention(RECTS, TOKENS, None))
+    hooks.install(unet)
+    assert hooks.upcast is False and hooks.context_kv is None
+    a1111.remove_all()
+    assert all('forward' not in m.__dict__ for _, m in attn2_modules(unet))

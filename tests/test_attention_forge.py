@@ -1,0 +1,163 @@
+"""Forge attn2 replace patches, driven exactly the way Forge's BasicTransformerBlock calls them."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from ldm.modules.attention import CrossAttention
+
+from lib_omost.attention import RegionalAttention
+from omost_webui.forge import RegionalAttn2Patch, patch_unet
+from tests.attention_helpers import (FakeUnetPatcher, forge_attn2, forge_call_options, heads_merge, heads_split,
+                                     omost_masks, omost_reference, one_thread)
+
+assert one_thread  # autouse fixture
+RECTS = [(0, 90, 0, 90), (0, 60, 0, 50), (40, 90, 30, 90)]
+TOKENS = torch.arange(231) // 77
+LATENT = (9, 13)  # not a multiple of anything: levels 9x13, 5x7, 3x4
+LEVELS = {('input', 1, 0): (9, 13), ('input', 4, 0): (5, 7), ('middle', 0, 0): (3, 4), ('output', 7, 0): (5, 7)}
+ROWS = 2  # images per chunk
+
+
+@pytest.fixture(scope='module')
+def attn():
+    torch.manual_seed(0)
+    return CrossAttention(query_dim=32, context_dim=64, heads=2, dim_head=16).eval()
+
+
+def call(attn, options, block, x, context):
+    with torch.no_grad():
+        return forge_attn2(attn, x, context, options, block[:2], block[2])
+
+
+def expected_cond(attn, x, cond_context, hw):
+    with torch.no_grad():
+        q, k, v = (heads_split(t, attn.heads) for t in (attn.to_q(x), attn.to_k(cond_context), attn.to_v(cond_context)))
+        return attn.to_out(heads_merge(omost_reference(q, k, v, omost_masks(RECTS, *hw), TOKENS)).float())
+
+
+def patched_options(regional, base=None):
+    base = base or FakeUnetPatcher()
+    unet = patch_unet(base, regional)
+    assert unet is not base
+    return unet, dict(unet.model_options['transformer_options'])
+
+
+def level_inputs(hw, contexts, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(contexts.shape[0], hw[0] * hw[1], 32, generator=g)
+
+
+def contexts_lcm(seed, cond_len=231, uncond_len=77):
+    g = torch.Generator().manual_seed(seed)
+    cond = torch.randn(ROWS, cond_len, 64, generator=g)
+    uncond = torch.randn(ROWS, uncond_len, 64, generator=g)
+    a, b = cond_len, uncond_len
+    lcm = a * b // math.gcd(a, b)
+    return cond, uncond, cond.repeat(1, lcm // a, 1), uncond.repeat(1, lcm // b, 1)
+
+
+def test_clone_is_patched_and_the_source_untouched():
+    source = FakeUnetPatcher()
+    unet, options = patched_options(RegionalAttention(RECTS, TOKENS, None), source)
+    assert source.model_options == {'transformer_options': {}}
+    assert len(options['patches_replace']['attn2']) == 3 * 16 * 16
+    again = unet.clone()  # Forge deep-copies model_options on every clone: the patch keeps its shared state
+    key = ('output', 7, 0)
+    assert again.model_options['transformer_options']['patches_replace']['attn2'][key] is \
+        options['patches_replace']['attn2'][key]
+
+
+@pytest.mark.parametrize('cond_len,uncond_len', [(231, 77), (231, 154), (231, 231)])
+def test_cond_rows_regional_uncond_rows_plain_under_lcm_tiling(attn, cond_len, uncond_len):
+    regional = RegionalAttention(RECTS, TOKENS, None)
+    _, options = patched_options(regional)
+    plain_options = {}
+    cond, uncond, cond_tiled, uncond_tiled = contexts_lcm(cond_len + uncond_len, cond_len, uncond_len)
+    context = torch.cat([uncond_tiled, cond_tiled])  # Forge's usual order: cond_or_uncond = [1, 0]
+    options.update(forge_call_options([1, 0], ROWS, LATENT))
+    plain_options.update(forge_call_options([1, 0], ROWS, LATENT))
+    for block, hw in LEVELS.items():
+        x = level_inputs(hw, context, seed=hw[0])
+        out = call(attn, options, block, x, context)
+        plain = call(attn, plain_options, block, x, context)
+        assert torch.equal(out[:ROWS], plain[:ROWS])
+        assert (out[ROWS:] - expected_cond(attn, x[ROWS:], cond, hw)).abs().max() < 1e-5
+
+
+def test_single_label_calls(attn):
+    regional = RegionalAttention(RECTS, TOKENS, None)
+    _, options = patched_options(regional)
+    cond, uncond, _, _ = contexts_lcm(1)
+    block, hw = ('input', 4, 0), LEVELS[('input', 4, 0)]
+    x = level_inputs(hw, cond, seed=3)
+    options.update(forge_call_options([0], ROWS, LATENT))
+    assert (call(attn, options, block, x, cond) - expected_cond(attn, x, cond, hw)).abs().max() < 1e-5
+    options.update(forge_call_options([1], ROWS, LATENT))
+    assert torch.equal(call(attn, options, block, x, uncond),
+                       call(attn, forge_call_options([1], ROWS, LATENT), block, x, uncond))
+
+
+def test_outside_the_step_window_is_plain(attn):
+    regional = RegionalAttention(RECTS, TOKENS, None, start=0.0, end=0.3)
+    _, options = patched_options(regional)
+    _, _, cond, uncond = contexts_lcm(2, 231, 231)
+    context = torch.cat([uncond, cond])
+    options.update(forge_call_options([1, 0], ROWS, LATENT))
+    block = ('middle', 0, 0)
+    x = level_inputs(LEVELS[block], context, seed=4)
+    plain = call(attn, forge_call_options([1, 0], ROWS, LATENT), block, x, context)
+    regional.set_progress(0.5)
+    assert torch.equal(call(attn, options, block, x, context), plain)
+    regional.set_progress(0.1)
+    assert not torch.equal(call(attn, options, block, x, context), plain)
+
+
+class IPAdapterLike:
+    """An earlier attn2 replace patch: plain attention plus attention to its own extra tokens."""
+
+    def __init__(self, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.k = torch.randn(1, 4, 32, generator=g)
+        self.v = torch.randn(1, 4, 32, generator=g)
+
+    def extra(self, q, heads):
+        k, v = (heads_split(t.expand(q.shape[0], -1, -1), heads) for t in (self.k, self.v))
+        return 0.5 * heads_merge(F.scaled_dot_product_attention(heads_split(q, heads), k, v))
+
+    def __call__(self, q, k, v, extra_options):
+        heads = extra_options['n_heads']
+        plain = heads_merge(F.scaled_dot_product_attention(*(heads_split(t, heads) for t in (q, k, v))))
+        return plain + self.extra(q, heads)
+
+
+@pytest.mark.parametrize('key', [('input', 4), ('input', 4, 0)])
+def test_an_existing_replace_patch_is_composed(attn, key):
+    source = FakeUnetPatcher()
+    ip = IPAdapterLike(5)
+    source.model_options['transformer_options']['patches_replace'] = {'attn2': {key: ip}}
+    regional = RegionalAttention(RECTS, TOKENS, None)
+    _, options = patched_options(regional, source)
+    assert source.model_options['transformer_options']['patches_replace']['attn2'] == {key: ip}
+    _, _, cond, uncond = contexts_lcm(6, 231, 231)
+    context = torch.cat([uncond, cond])
+    options.update(forge_call_options([1, 0], ROWS, LATENT))
+    block, hw = ('input', 4, 0), LEVELS[('input', 4, 0)]
+    x = level_inputs(hw, context, seed=7)
+    out = call(attn, options, block, x, context)
+    with torch.no_grad():
+        extra = attn.to_out[0].weight @ ip.extra(attn.to_q(x), attn.heads).transpose(1, 2)
+        without_ip = call(attn, dict(patched_options(regional)[1], **forge_call_options([1, 0], ROWS, LATENT)),
+                          block, x, context)
+    # to_out is affine: out(omost + extra) = out(omost) + W @ extra
+    assert (out - (without_ip + extra.transpose(1, 2))).abs().max() < 1e-5
+    assert (out[ROWS:] - expected_cond(attn, x[ROWS:], cond, hw) - extra.transpose(1, 2)[ROWS:]).abs().max() < 1e-5
+
+
+def test_patching_twice_does_not_stack():
+    regional = RegionalAttention(RECTS, TOKENS, None)
+    once, _ = patched_options(regional)
+    _, options = patched_options(regional, once)
+    patch = options['patches_replace']['attn2'][('input', 1, 0)]
+    assert isinstance(patch, RegionalAttn2Patch) and patch.previous is None

@@ -112,8 +112,9 @@ def attention_segments(text: str) -> list:
                 flush()
                 out.append([text[i + 1], 1.0])
                 i += 2
-            else:
+            else:  # a lone backslash stands for nothing
                 flush()
+                out.append(['', 1.0])
                 i += 1
             continue
         weight = re.match(r':([+-]?[.\d]+)\)', text[i:])

@@ -228,13 +228,12 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
         return
     history = conv.display_history()
     canvas = keep
-    status = _finished_status(upd)
-    try:
+    try:  # a stopped or cut reply may still hold a usable (repaired) canvas; the preview shows the repairs
         load_canvas(upd.text)
         canvas = extract_code(upd.text)
-    except CanvasError as e:
-        status = (status + ' ' if status else '') + f'No usable canvas in this reply ({e}).'
-    yield history, keep, canvas, status_html(status, 'ok')
+    except CanvasError:
+        pass  # the engine's notice already says the reply has no canvas
+    yield history, keep, canvas, status_html(_finished_status(upd), 'ok')
 
 
 def stop_chat(session):

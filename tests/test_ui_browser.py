@@ -5,10 +5,12 @@ import json
 import os
 
 import pytest
+from conftest import read_fixture
 
 from lib_omost.canvas import CanvasError, load_canvas
-from ui_helpers import (CHROMIUM, CHROMIUM_ARGS, PYTHONS, ROOT, FakeLLMServer, browser_missing_reason, canvas_reply,
-                        free_port, read_fixture, ui_app)
+from lib_omost.options import RenderOptions, parse_options
+from ui_helpers import (CHROMIUM, CHROMIUM_ARGS, PYTHONS, ROOT, browser_missing_reason, canvas_reply, canvas_server,
+                        chat_bodies, free_port, ui_app)
 
 MISSING = browser_missing_reason()
 pytestmark = [pytest.mark.skipif(MISSING is not None, reason=str(MISSING)), pytest.mark.timeout(120)]
@@ -22,7 +24,7 @@ WAIT_MS = 20000
 
 @pytest.fixture(scope='module')
 def llm():
-    with FakeLLMServer(canvas_reply(DRAGON), chunks=40, delay=0.02) as server:
+    with canvas_server(canvas_reply(DRAGON), chunks=40, delay=0.02) as server:
         yield server
 
 
@@ -85,13 +87,17 @@ def preview_src(page):
 
 
 def wait_preview_change(page, before):
-    page.wait_for_function('([sel, before]) => { const i = document.querySelector(sel);'
-                           ' return i && i.src && i.complete && i.naturalWidth > 0 && i.src !== before; }',
+    """Wait for a new preview image and for it to load (it loads lazily: scroll it into view)."""
+    page.wait_for_function('([sel, before]) => { const i = document.querySelector(sel); return i && i.src && i.src !== before; }',
                            arg=[f'{T}preview img', before or ''], timeout=WAIT_MS)
+    img = page.locator(f'{T}preview img').first
+    img.scroll_into_view_if_needed()
+    page.wait_for_function('sel => { const i = document.querySelector(sel); return i.complete && i.naturalWidth > 0; }',
+                           arg=f'{T}preview img', timeout=WAIT_MS)
 
 
 def test_enter_sends_and_the_reply_streams_into_chat_canvas_and_preview(page, llm):
-    n_requests = len(llm.requests)
+    n_requests = len(chat_bodies(llm))
     # Record every text length the chatbot shows, to see the reply arrive in pieces.
     page.evaluate("""sel => { window.omostLengths = []; const chat = document.querySelector(sel);
         new MutationObserver(() => window.omostLengths.push(chat.innerText.length))
@@ -105,8 +111,8 @@ def test_enter_sends_and_the_reply_streams_into_chat_canvas_and_preview(page, ll
                            timeout=WAIT_MS)
     page.wait_for_function('sel => document.querySelector(sel).innerText.includes("tokens/s")',
                            arg=f'{T}chat_status', timeout=WAIT_MS)
-    assert len(llm.requests) == n_requests + 1
-    sent = llm.requests[-1]['messages']
+    assert len(chat_bodies(llm)) == n_requests + 1
+    sent = chat_bodies(llm)[-1]['messages']
     assert sent[0]['role'] == 'system' and sent[-1] == {'role': 'user', 'content': PROMPT}
     lengths = page.evaluate('window.omostLengths')
     assert len(set(lengths)) >= 5, f'the reply did not stream: chat lengths seen {lengths}'
@@ -121,7 +127,7 @@ def test_enter_sends_and_the_reply_streams_into_chat_canvas_and_preview(page, ll
 
 
 def test_shift_enter_is_a_new_line_and_sends_nothing(page, llm):
-    n_requests = len(llm.requests)
+    n_requests = len(chat_bodies(llm))
     message = box(page, 'txt2img_omost_input')
     message.click()
     message.fill('')
@@ -130,7 +136,7 @@ def test_shift_enter_is_a_new_line_and_sends_nothing(page, llm):
     page.keyboard.type('second line')
     assert message.input_value() == 'first line\nsecond line'
     page.wait_for_timeout(400)
-    assert len(llm.requests) == n_requests
+    assert len(chat_bodies(llm)) == n_requests
     message.fill('')
 
 
@@ -174,3 +180,43 @@ def test_an_invalid_canvas_shows_the_parse_error(page):
     page.wait_for_function('([sel, text]) => document.querySelector(sel).innerText.includes(text)',
                            arg=[f'{T}preview_status', str(expected.value)], timeout=WAIT_MS)
     assert page.locator(f'{T}preview_status .omost-error').count() == 1
+
+
+def test_stop_keeps_the_partial_reply(page, llm):
+    llm.httpd.script.delay = 0.15  # 40 pieces: 6 s unless stopped
+    try:
+        page.click(f'{T}new')  # New chat empties the chat
+        page.wait_for_function('sel => !document.querySelector(sel).innerText.includes("Here is the canvas")',
+                               arg=f'{T}chat', timeout=WAIT_MS)
+        message = box(page, 'txt2img_omost_input')
+        message.fill('change the dragon to a dinosaur')
+        message.press('Enter')
+        page.wait_for_function('sel => document.querySelector(sel).innerText.includes("Here is the canvas")',
+                               arg=f'{T}chat', timeout=WAIT_MS)
+        page.click(f'{T}stop')
+        page.wait_for_function('sel => document.querySelector(sel).innerText.includes("Stopped")',
+                               arg=f'{T}chat_status', timeout=3000)
+        chat = page.inner_text(f'{T}chat')
+        assert 'reply cut off' in chat
+        last_description = [line for line in DRAGON.splitlines() if line.startswith('description=')][-1]
+        assert last_description not in chat, 'the reply was not cut'
+    finally:
+        llm.httpd.script.delay = 0.02
+
+
+def test_pasted_infotext_restores_canvas_as_code_and_the_option_controls(page):
+    canvas = load_canvas(DRAGON).canvas
+    options = RenderOptions(strength=0.5, sketch=True).to_json()
+    before = preview_src(page)
+    box(page, 'txt2img_pasted').fill(json.dumps([True, json.dumps(canvas.to_json()), options]))
+    page.click('#txt2img_paste')
+    wait_preview_change(page, before)
+    open_accordion(page, 'txt2img_omost_options_accordion')
+    strength = page.locator(f'{T}opt_strength input[type=number]')
+    page.wait_for_function('sel => document.querySelector(sel).value == "0.5"', arg=f'{T}opt_strength input[type=number]',
+                           timeout=WAIT_MS)
+    assert page.locator(f'{T}opt_sketch input[type=checkbox]').is_checked()
+    enabled, canvas_text, options_text = script_args(page)
+    assert enabled is True and canvas_text.strip() == canvas.to_code().strip()
+    assert parse_options(options_text) == parse_options(options)
+    assert strength.input_value() == '0.5'

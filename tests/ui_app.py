@@ -4,7 +4,8 @@ Runs under either gradio (4.40 in .venv, 3.41 in .venv-a1111):
     python tests/ui_app.py --port 7861 --server-url http://127.0.0.1:8080/v1
     python tests/ui_app.py --check      # build only; print a JSON summary of ids and script inputs
 The page does not load javascript/omost.js by itself (the WebUI does); the tests inject it with playwright.
-An "Echo" button shows, as JSON, exactly the values the script would receive (ui.inputs).
+An "Echo" button shows, as JSON, exactly the values the script would receive (ui.inputs); "Paste" sets them
+the way the WebUI pastes infotext.
 """
 
 import argparse
@@ -50,6 +51,10 @@ def build_app(server_url: str):
                 echo = gr.Button('Echo script args', elem_id=f'{tab}_echo')
                 echoed = gr.Textbox(label='Script args', lines=3, elem_id=f'{tab}_echoed')
                 echo.click(lambda *args: json.dumps(args), uis[tab].inputs, [echoed])
+                # Like the WebUI's infotext paste: set the script's inputs from [enabled, canvas, options] JSON.
+                paste = gr.Button('Paste script args', elem_id=f'{tab}_paste')
+                pasted = gr.Textbox(label='Args to paste', lines=3, elem_id=f'{tab}_pasted')
+                paste.click(lambda text: tuple(json.loads(text)), [pasted], uis[tab].inputs)
     return demo, uis
 
 

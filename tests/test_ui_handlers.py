@@ -1,0 +1,217 @@
+"""The Omost UI's handlers and build contract, without a browser (gradio 4.40 in-process, 3.41 by subprocess)."""
+
+import html
+import json
+import os
+import threading
+
+import gradio as gr
+import pytest
+from conftest import read_fixture
+
+from lib_omost.canvas import CanvasError, extract_code, load_canvas
+from lib_omost.llm import Conversation
+from lib_omost.options import RenderOptions, parse_options
+from omost_webui import ui
+from ui_helpers import PYTHONS, canvas_reply, canvas_server, chat_bodies, check_app, free_port
+
+DRAGON = read_fixture('dragon_battle.canvas.py')
+DINOSAUR = read_fixture('dinosaur_edit.canvas.py')
+
+
+def is_noop(update):
+    return isinstance(update, dict) and update.get('__type__') == 'update' and 'value' not in update
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Build contract
+
+
+@pytest.mark.parametrize('version', ['4.40.0', '3.41.2'])
+def test_build_contract_and_unique_ids_per_tab(version):
+    if not os.path.exists(PYTHONS[version]):
+        pytest.skip(f'no venv with gradio {version} at {PYTHONS[version]}')
+    info = check_app(version)
+    assert info['gradio'] == version
+    assert info['inputs'] == {'txt2img': ['Checkbox', 'Code', 'Textbox'], 'img2img': ['Checkbox', 'Code', 'Textbox']}
+    assert info['infotext'] == info['paste'] == ['Omost', 'Omost canvas', 'Omost options']
+    ids = info['elem_ids']
+    assert len(ids) == len(set(ids)), 'duplicate elem_ids'
+    ours = [i for i in ids if '_omost' in i]
+    assert len([i for i in ours if i.startswith('txt2img_')]) == len([i for i in ours if i.startswith('img2img_')]) > 30
+
+
+def test_build_is_reentrant_and_defaults_are_the_render_defaults():
+    from ui_app import InputAccordion
+    settings = {'server_url': 'http://127.0.0.1:1/v1', 'presets': ['anime', 'none']}
+    for _ in range(2):  # the WebUI calls ui() again for the API defaults, in a fresh Blocks
+        with gr.Blocks():
+            built = ui.build_ui(False, lambda name: f'x_{name}', InputAccordion, settings)
+    enabled, canvas, options = built.inputs
+    assert enabled.value is False and canvas.value == ''
+    assert parse_options(options.value) == RenderOptions()
+    assert built.infotext_fields == [(enabled, 'Omost'), (canvas, 'Omost canvas'), (options, 'Omost options')]
+    assert [c[0] for c in built.components['opt_preset'].choices] == ['none', 'anime']
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Preview
+
+
+def test_preview_of_code_counts_regions_and_keeps_the_text():
+    image, status, text = ui.render_preview(DRAGON)
+    assert image.size == (ui.PREVIEW_SIDE, ui.PREVIEW_SIDE)
+    assert f'{len(load_canvas(DRAGON).canvas.local_regions)} regions' in status
+    assert is_noop(text)
+
+
+def test_pasted_canvas_json_and_replies_become_code():
+    canvas = load_canvas(DRAGON).canvas
+    for pasted in (json.dumps(canvas.to_json()), canvas_reply(DRAGON)):
+        image, status, text = ui.render_preview(pasted)
+        assert image is not None and 'error' not in status
+        assert load_canvas(text['value']).canvas == canvas
+        assert text['value'].startswith('canvas = Canvas()')
+
+
+def test_comfyui_json_has_no_code_form_and_stays_json():
+    pasted = read_fixture('comfyui_omost_conditioning.json')
+    image, status, text = ui.render_preview(pasted)
+    assert image is not None and is_noop(text)
+
+
+@pytest.mark.parametrize('bad', ["canvas = Canvas()\ncanvas.set_global_description(description=f'{x}')\n",
+                                 '{"format": "omost-canvas", "version": 99}', "import os\nos.system('true')\n"])
+def test_bad_canvas_shows_the_parse_error_escaped(bad):
+    with pytest.raises(CanvasError) as expected:
+        load_canvas(bad)
+    image, status, text = ui.render_preview(bad)
+    assert image is None and is_noop(text)
+    assert 'omost-error' in status
+    assert html.escape(str(expected.value)) in status
+
+
+def test_empty_canvas_is_a_hint_not_an_error():
+    image, status, text = ui.render_preview('  \n')
+    assert image is None and 'omost-error' not in status and status
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Options
+
+
+def control_values(options: RenderOptions):
+    return [getattr(options, name) for name in ui.OPTION_NAMES]
+
+
+def test_controls_write_the_options_json():
+    wanted = RenderOptions(regions=False, strength=0.75, start=0.1, end=0.8, hires=False, sketch=True,
+                           sketch_denoise=0.9, sketch_blur=12, preset='anime', prompt_target='global')
+    values = control_values(wanted)
+    values[ui.OPTION_NAMES.index('sketch_blur')] = 12.0  # sliders may hand back floats
+    text, status = ui.options_from_controls(*values)
+    assert parse_options(text) == wanted and status == ''
+
+
+def test_an_empty_step_window_is_recorded_and_reported():
+    values = control_values(RenderOptions(start=0.6, end=0.4))
+    text, status = ui.options_from_controls(*values)
+    assert json.loads(text)['start'] == 0.6 and 'omost-error' in status and 'step window' in status
+
+
+def test_pasted_options_update_only_the_controls_that_differ():
+    current = control_values(RenderOptions())
+    pasted = RenderOptions(strength=0.5, sketch=True).to_json()
+    *updates, status = ui.controls_from_options(pasted, *current)
+    changed = {name: u['value'] for name, u in zip(ui.OPTION_NAMES, updates) if not is_noop(u)}
+    assert changed == {'strength': 0.5, 'sketch': True} and status == ''
+
+
+def test_bad_pasted_options_leave_the_controls_and_say_why():
+    *updates, status = ui.controls_from_options('{"strength": "high"}', *control_values(RenderOptions()))
+    assert all(is_noop(u) for u in updates) and 'strength' in status and 'omost-error' in status
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chat (against a loopback OpenAI-compatible server)
+
+REPLY = canvas_reply(DRAGON)
+
+
+def run_chat(mode, session, message, url, **kw):
+    args = dict(kind='server', server_url=url, server_model='', api_key='', local_model='', keep_loaded=True,
+                seed=1, temperature=0.6, top_p=0.9, max_new_tokens=4096)
+    args.update(kw)
+    return list(ui.chat_stream(mode, session, message, *args.values()))
+
+
+@pytest.fixture(scope='module')
+def llm():
+    with canvas_server(REPLY, chunks=8, delay=0.0) as server:
+        yield server
+
+
+def test_send_streams_then_fills_the_canvas(llm):
+    session = ui.ChatSession()
+    steps = run_chat('new', session, 'a dragon battle', llm.url)
+    chat, box, canvas, status = steps[0]
+    assert chat == [('a dragon battle', '')] and box == ''
+    assert len(steps) >= 8  # one per streamed piece, plus start and end
+    chat, box, canvas, status = steps[-1]
+    assert chat == [('a dragon battle', REPLY)] and canvas == extract_code(REPLY)
+    assert 'tokens/s' in status
+    assert session.conversation.history == [('a dragon battle', REPLY)] and not session.busy
+
+
+def test_retry_edit_and_new_chat(llm):
+    session = ui.ChatSession()
+    run_chat('new', session, 'first', llm.url)
+    run_chat('retry', session, 'ignored', llm.url)
+    assert chat_bodies(llm)[-1]['messages'][-1] == {'role': 'user', 'content': 'first'}
+    assert session.conversation.history == [('first', REPLY)]
+    chat, box, status = ui.edit_last(session)
+    assert chat == [] and box == 'first' and session.editing
+    steps = run_chat('new', session, 'first, edited', llm.url)  # Send while editing replaces the last turn
+    assert steps[-1][0] == [('first, edited', REPLY)] and not session.editing
+    assert chat_bodies(llm)[-1]['messages'][-1] == {'role': 'user', 'content': 'first, edited'}
+    assert ui.new_chat(session)[0] == [] and session.conversation.history == []
+
+
+def test_server_down_keeps_the_message_and_the_conversation():
+    session = ui.ChatSession()
+    session.conversation = Conversation([('earlier', 'reply')])
+    dead = f'http://127.0.0.1:{free_port()}/v1'
+    chat, box, canvas, status = run_chat('new', session, 'my long message', dead)[-1]
+    assert box == 'my long message' and is_noop(canvas)
+    assert 'omost-error' in status and '127.0.0.1' in status
+    assert chat == [('earlier', 'reply')] and session.conversation.history == [('earlier', 'reply')]
+
+
+def test_empty_message_and_missing_url_are_told_not_sent(llm):
+    session = ui.ChatSession()
+    n = len(chat_bodies(llm))
+    assert 'Type a message' in run_chat('new', session, '   ', llm.url)[-1][3]
+    chat, box, canvas, status = run_chat('new', session, 'hello', '')[-1]
+    assert box == 'hello' and 'server' in status.lower() and 'omost-error' in status
+    assert len(chat_bodies(llm)) == n
+
+
+def test_stop_from_another_request_cuts_the_reply():
+    with canvas_server(REPLY, chunks=40, delay=0.05) as slow:
+        session = ui.ChatSession()
+        steps = []
+        for step in ui.chat_stream('new', session, 'dragon', 'server', slow.url, '', '', '', True, 1, 0.6, 0.9, 4096):
+            steps.append(step)
+            if len(steps) == 4:
+                threading.Thread(target=ui.stop_chat, args=(session,)).start()
+        chat, box, canvas, status = steps[-1]
+        assert 'Stopped' in status and len(steps) < 30
+        (user, reply), = session.conversation.turns
+        assert user == 'dragon' and 0 < len(reply) < len(REPLY) and session.conversation.turns[0].partial
+
+
+def test_model_refresh_lists_the_server_models(llm):
+    dropdown, status = ui.refresh_models(llm.url, '', '')
+    assert dropdown['choices'] in (['omost-test'], [('omost-test', 'omost-test')]) and dropdown['value'] == 'omost-test'
+    dropdown, status = ui.refresh_models(f'http://127.0.0.1:{free_port()}/v1', 'm', '')
+    assert is_noop(dropdown) and 'omost-error' in status

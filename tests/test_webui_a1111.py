@@ -9,7 +9,17 @@ import torch
 from conftest import read_fixture
 from webui_helpers import A1111Model, Rig, forward_attributes, images_equal, tiny_ldm_unet
 
-DRAGON = read_fixture('dragon_battle.canvas.py')
+DRAGON = read_fixture('dragon_battle.canvas.py')  # Omost's real transcript: 24 bags
+SMALL = '''canvas = Canvas()
+canvas.set_global_description(description='A cat and a dog in a garden.', detailed_descriptions=['Sunny day.'],
+    tags='cat, dog, garden', HTML_web_color_name='green')
+canvas.add_local_description(location='on the left', offset='no offset', area='a small square area',
+    distance_to_viewer=2.0, description='An orange cat.', detailed_descriptions=['The cat sits.'], tags='cat',
+    atmosphere='calm', style='photo', quality_meta='sharp', HTML_web_color_name='orange')
+canvas.add_local_description(location='on the right', offset='no offset', area='a small vertical area',
+    distance_to_viewer=1.0, description='A black dog.', detailed_descriptions=['The dog runs.'], tags='dog',
+    atmosphere='lively', style='photo', quality_meta='sharp', HTML_web_color_name='black')
+'''
 
 
 @pytest.fixture(scope='module')
@@ -32,7 +42,7 @@ def host_state():
     assert shared.opts.emphasis == 'Original'
 
 
-def omost(canvas=DRAGON, **options):
+def omost(canvas=SMALL, **options):
     return [True, canvas, json.dumps(options) if options else '']
 
 
@@ -45,9 +55,9 @@ def test_disabled_is_untouched_and_bit_identical(rig, baseline):
 
 
 def test_regions_steer_the_real_unet_and_keep_the_users_prompt(rig, baseline):
-    p, res = rig.generate(omost())
+    p, res = rig.generate(omost(DRAGON))
     steps = list(Rig.steps)
-    _, bags_only = rig.generate(omost(regions=False))
+    _, bags_only = rig.generate(omost(DRAGON, regions=False))
     assert not images_equal(res, baseline)
     assert not images_equal(res, bags_only)  # the attention itself changed the result, not only the prompt
     from modules import errors
@@ -72,7 +82,7 @@ def test_infotext_records_canvas_and_options_and_pastes_back(rig):
     assert params['Omost'] == 'True'
     assert json.loads(params['Omost options'])['strength'] == 0.8
     canvas_json = json.loads(params['Omost canvas'])
-    assert canvas_json == load_canvas(DRAGON).canvas.to_json()
+    assert canvas_json == load_canvas(SMALL).canvas.to_json()
     script_callbacks.infotext_pasted_callback(res.infotexts[0], params)
     assert params['Omost canvas'].lstrip().startswith('canvas = Canvas()')  # editable code again
     assert load_canvas(params['Omost canvas']).canvas.to_json() == canvas_json
@@ -120,13 +130,14 @@ def test_no_trace_after_finished_interrupted_and_failed_generations(rig, baselin
 
 
 def test_hires_batches_and_the_hires_switch(rig):
-    p, res = rig.generate(omost(), enable_hr=True, hr_scale=1.5, batch_size=2, n_iter=2, denoising_strength=0.6)
+    p, res = rig.generate(omost(), enable_hr=True, hr_scale=1.5, batch_size=2, n_iter=2, denoising_strength=0.6,
+                          steps=2)
     assert len(res.images) == 4 and res.images[0].shape == (3, 96, 96)
     first = [s for s in Rig.steps if not s['hr']]
     hires = [s for s in Rig.steps if s['hr']]
     assert first and hires and all(s['hooked'] == 7 for s in Rig.steps)
     assert {s['latent_size'] for s in first} == {(8, 8)} and {s['latent_size'] for s in hires} == {(12, 12)}
-    assert p.hr_prompts[0].count(' BREAK ') == first[0]['prompt'].count(' BREAK ') > 3
+    assert p.hr_prompts[0].count(' BREAK ') == first[0]['prompt'].count(' BREAK ') == 2  # 3 regions, 1 bag each
     assert all(s['denoise'] == 0.6 for s in hires)
 
     p, _ = rig.generate(omost(hires=False), enable_hr=True, hr_scale=1.5)
@@ -180,14 +191,14 @@ def test_emphasis_none_is_overridden_for_the_job_only(rig):
     assert images_equal(res, reference)
 
 
-REPLY = 'Sure, here is the canvas:\n\n```python\n' + DRAGON + '\n```\nEnjoy!'
+REPLY = 'Sure, here is the canvas:\n\n```python\n' + SMALL + '```\nEnjoy!'
 
 
 @pytest.mark.parametrize('form', ['code', 'reply', 'json_text', 'json_object'])
 def test_api_canvas_forms(rig, form):
     from lib_omost.canvas import load_canvas
-    expected = load_canvas(DRAGON).canvas.to_json()
-    canvas = {'code': DRAGON, 'reply': REPLY, 'json_text': json.dumps(expected), 'json_object': expected}[form]
+    expected = load_canvas(SMALL).canvas.to_json()
+    canvas = {'code': SMALL, 'reply': REPLY, 'json_text': json.dumps(expected), 'json_object': expected}[form]
     p, res = rig.generate([True, canvas, {'strength': 0.5}])
     assert json.loads(p.extra_generation_params['Omost canvas']) == expected
     assert json.loads(p.extra_generation_params['Omost options'])['strength'] == 0.5
@@ -205,8 +216,8 @@ def test_api_rejects_bad_input_before_sampling(rig, tmp_path):
     ]
     for canvas, options, expected in [(h, '', 'Omost canvas') for h in hostile] + [
             ('', '', 'canvas is empty'), ('{"format": "omost-canvas", "version": 1}', '', 'Omost canvas'),
-            (DRAGON, {'bogus': 1}, 'bogus'), (DRAGON, '{"strength": 9}', 'strength'),
-            (DRAGON, '{not json', 'not valid JSON')]:
+            (SMALL, {'bogus': 1}, 'bogus'), (SMALL, '{"strength": 9}', 'strength'),
+            (SMALL, '{not json', 'not valid JSON')]:
         Rig.steps = []
         with pytest.raises(OmostInputError, match=expected) as info:
             rig.generate([True, canvas, options])
@@ -217,8 +228,8 @@ def test_api_rejects_bad_input_before_sampling(rig, tmp_path):
 
 
 def test_different_prompts_in_one_batch_fall_back_to_plain_attention(rig, capsys):
-    p, res = rig.generate(omost(), prompt=['a red dragon', 'a very long and different prompt about castles'],
-                          batch_size=2)
+    long = 'a very long and different prompt about castles, towers, knights, banners, moats and ' * 2
+    p, res = rig.generate(omost(DRAGON), prompt=['dragon', long], batch_size=2, steps=1)
     assert len(res.images) == 2 and all(s['hooked'] == 0 for s in Rig.steps)
     assert 'regional attention is off for this batch' in capsys.readouterr().out
     assert ' BREAK ' in Rig.steps[0]['prompt']  # the bags still apply to each image
@@ -231,6 +242,6 @@ def test_model_without_cross_attention_is_left_alone(rig, baseline):
     p = flux_like.p(omost())
     assert not hasattr(p, '_omost_job')
     from omost_webui import generation
-    generation.process(p, True, DRAGON, '')
+    generation.process(p, True, SMALL, '')
     assert not hasattr(p, '_omost_job') and 'Omost' not in p.extra_generation_params
     assert any('no cross-attention' in c for c in p.comments)

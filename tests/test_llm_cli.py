@@ -66,3 +66,13 @@ def test_local_model_reply_cut_at_max_tokens(tmp_path):
     out, _ = chat_cli('a cat', '--local', folder, '--no-cache', '--max-new-tokens', '5')
     assert out.returncode == 1 and out.stdout.strip()
     assert out.stderr == 'error: The reply was cut at 5 new tokens (max new tokens); the partial reply is kept.\n'
+
+
+def test_catalogue_model_download_failure_is_one_line(tmp_path):
+    out, _ = chat_cli('a cat', '--local', 'omost-llama-3-8b', '--models-dir', str(tmp_path), '--no-cache')
+    folder = tmp_path / 'omost-llama-3-8b'
+    lines = out.stderr.splitlines()
+    assert out.returncode == 1 and out.stdout == '' and len(lines) == 1, out.stderr
+    assert lines[0].startswith(f'error: Could not download lllyasviel/omost-llama-3-8b into {folder}: ')
+    assert lines[0].endswith('. Run it again to resume, or download it by hand (huggingface-cli download '
+                             f'lllyasviel/omost-llama-3-8b --local-dir {folder}).')

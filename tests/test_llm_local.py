@@ -63,7 +63,11 @@ def chat(backend, conv, message, **params):
 
 def test_greedy_stream_equals_raw_generate(backend, raw):
     conv = Conversation()
-    updates = chat(backend, conv, 'a cat on a sofa', temperature=0, max_new_tokens=40)
+    backend.update_interval = 0  # an update per token batch, so the cumulative stream shows
+    try:
+        updates = chat(backend, conv, 'a cat on a sofa', temperature=0, max_new_tokens=40)
+    finally:
+        backend.update_interval = LocalBackend.update_interval
     expected, prompt_len = omost_generate(raw, 'a cat on a sofa', seed=0, temperature=0, max_new_tokens=40)
     last = updates[-1]
     assert last.text == expected and conv.history == [('a cat on a sofa', expected)]

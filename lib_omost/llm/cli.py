@@ -55,9 +55,14 @@ def cli_chat(args) -> int:
     stop = threading.Event()
     shown = ''
     last = None
+    progress = sys.stderr.isatty()  # download/load progress for people; scripts get one line on failure
+    noted = None
     updates = stream_reply(backend, Conversation(), args.prompt, params, stop, cache=cache)
     try:
         for last in updates:
+            if progress and last.notice and last.notice != noted and not last.done:
+                noted = last.notice
+                print(f'note: {noted}', file=sys.stderr)
             sys.stdout.write(last.text[len(shown):])
             sys.stdout.flush()
             shown = last.text

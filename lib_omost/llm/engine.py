@@ -32,7 +32,7 @@ BUDGET_NEAR = ('The conversation is about {n} of {limit} tokens; the next canvas
 
 def _one_line(text: str) -> str:
     line = ' '.join(str(text).split())
-    return line[:500]
+    return line[:1000]
 
 
 def _prepare_turn(conv: Conversation, message: str, mode: str):

@@ -107,7 +107,7 @@ def download_model(name: str, models_dir: str, progress=None) -> str:
         snapshot_download(info.repo_id, local_dir=folder, allow_patterns=WEIGHT_PATTERNS,
                           tqdm_class=_progress_tqdm(progress))
     except Exception as e:  # noqa: BLE001 - network, disk and hub errors all end the same way for the user
-        reason = ' '.join(str(e).split())[:200] or type(e).__name__
+        reason = ' '.join(str(e).split()).split('. ')[0][:200].rstrip('.') or type(e).__name__
         raise ChatError(f'Could not download {info.repo_id} into {folder}: {reason}. Run it again to resume, '
                         f'or download it by hand (huggingface-cli download {info.repo_id} --local-dir {folder}).') \
             from None

@@ -67,8 +67,9 @@ def status_html(text: str = '', kind: str = 'info') -> str:
 # Canvas preview
 
 
-def render_preview(canvas_text: str):
-    """(preview image or None, status HTML, canvas text update). Canvas JSON and whole replies become code."""
+def render_preview(canvas_text: str, width=1024, height=1024):
+    """(preview image or None, status HTML, canvas text update). Canvas JSON and whole replies become code.
+    The preview has the image's aspect ratio (Omost stretches its 90x90 grid to the image)."""
     from lib_omost.sketch import overlay_preview
     text = canvas_text or ''
     if not text.strip():
@@ -84,7 +85,8 @@ def render_preview(canvas_text: str):
             new_text = gr.update(value=canvas.to_code())
         except CanvasError:
             pass
-    image = overlay_preview(canvas, 1024, 1024, max_side=PREVIEW_SIDE)
+    width, height = (int(v) if v and v > 0 else 1024 for v in (width, height))
+    image = overlay_preview(canvas, width, height, max_side=PREVIEW_SIDE)
     n = len(canvas.local_regions)
     lines = [f'{n} region{"s" if n != 1 else ""} + background.']
     lines += [f'Warning: {w}' for w in result.warnings]
@@ -263,8 +265,13 @@ def new_chat(session):
 # Layout
 
 
-def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, settings: dict) -> OmostUI:
-    """The Omost accordion inside the current gr.Blocks context. Re-entrant (the WebUI calls ui() twice)."""
+def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, settings: dict,
+             image_size=None) -> OmostUI:
+    """The Omost accordion inside the current gr.Blocks context. Re-entrant (the WebUI calls ui() twice).
+
+    image_size: optional (width, height) components of the tab (e.g. caught in Script.after_component); the
+    preview then has the image's aspect ratio and follows them.
+    """
     from lib_omost.llm import DEFAULT_MODEL, OMOST_MODELS
     c = {}
     defaults = RenderOptions()
@@ -365,7 +372,11 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
     c.update(enabled=enabled, canvas=canvas_text, options=options_text, **{f'opt_{k}': v for k, v in o.items()})
 
     # Preview follows the canvas text, whoever changed it (user, chat, pasted infotext).
-    canvas_text.change(render_preview, [canvas_text], [c['preview'], c['preview_status'], canvas_text])
+    size = list(image_size or [])
+    canvas_text.change(render_preview, [canvas_text] + size, [c['preview'], c['preview_status'], canvas_text])
+    for component in size:
+        component.change(lambda *args: render_preview(*args)[:2], [canvas_text] + size,
+                         [c['preview'], c['preview_status']])
 
     # Options: user edits write the JSON; a changed JSON (paste) writes the controls back.
     for control in controls:

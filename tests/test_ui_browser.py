@@ -220,3 +220,14 @@ def test_pasted_infotext_restores_canvas_as_code_and_the_option_controls(page):
     assert enabled is True and canvas_text.strip() == canvas.to_code().strip()
     assert parse_options(options_text) == parse_options(options)
     assert strength.input_value() == '0.5'
+
+
+def test_preview_follows_the_image_size(page):
+    before = preview_src(page)
+    height = page.locator('#txt2img_height input[type=number]')
+    height.fill('512')
+    height.press('Tab')
+    wait_preview_change(page, before)
+    size = page.evaluate('sel => { const i = document.querySelector(sel); return [i.naturalWidth, i.naturalHeight]; }',
+                         f'{T}preview img')
+    assert size == [384, 192]

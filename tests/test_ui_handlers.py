@@ -65,6 +65,12 @@ def test_preview_of_code_counts_regions_and_keeps_the_text():
     assert is_noop(text)
 
 
+def test_preview_has_the_image_aspect_ratio():
+    image, status, text = ui.render_preview(DRAGON, 1024, 512)
+    assert image.size == (ui.PREVIEW_SIDE, ui.PREVIEW_SIDE // 2)
+    assert ui.render_preview(DRAGON, None, 0)[0].size == (ui.PREVIEW_SIDE, ui.PREVIEW_SIDE)
+
+
 def test_pasted_canvas_json_and_replies_become_code():
     canvas = load_canvas(DRAGON).canvas
     for pasted in (json.dumps(canvas.to_json()), canvas_reply(DRAGON)):

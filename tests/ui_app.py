@@ -47,7 +47,11 @@ def build_app(server_url: str):
     with gr.Blocks(css=css, analytics_enabled=False) as demo:
         for tab in ('txt2img', 'img2img'):
             with gr.Column(elem_id=f'{tab}_column'):
-                uis[tab] = build_ui(tab == 'img2img', lambda name, tab=tab: f'{tab}_{name}', InputAccordion, settings)
+                with gr.Row():  # the tab's own image size, which the preview follows
+                    width = gr.Slider(64, 2048, 1024, step=8, label='Width', elem_id=f'{tab}_width')
+                    height = gr.Slider(64, 2048, 1024, step=8, label='Height', elem_id=f'{tab}_height')
+                uis[tab] = build_ui(tab == 'img2img', lambda name, tab=tab: f'{tab}_{name}', InputAccordion, settings,
+                                    image_size=(width, height))
                 echo = gr.Button('Echo script args', elem_id=f'{tab}_echo')
                 echoed = gr.Textbox(label='Script args', lines=3, elem_id=f'{tab}_echoed')
                 echo.click(lambda *args: json.dumps(args), uis[tab].inputs, [echoed])

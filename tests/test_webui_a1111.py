@@ -6,20 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import read_fixture
-from webui_helpers import A1111Model, Rig, forward_attributes, images_equal, tiny_ldm_unet
-
-DRAGON = read_fixture('dragon_battle.canvas.py')  # Omost's real transcript: 24 bags
-SMALL = '''canvas = Canvas()
-canvas.set_global_description(description='A cat and a dog in a garden.', detailed_descriptions=['Sunny day.'],
-    tags='cat, dog, garden', HTML_web_color_name='green')
-canvas.add_local_description(location='on the left', offset='no offset', area='a small square area',
-    distance_to_viewer=2.0, description='An orange cat.', detailed_descriptions=['The cat sits.'], tags='cat',
-    atmosphere='calm', style='photo', quality_meta='sharp', HTML_web_color_name='orange')
-canvas.add_local_description(location='on the right', offset='no offset', area='a small vertical area',
-    distance_to_viewer=1.0, description='A black dog.', detailed_descriptions=['The dog runs.'], tags='dog',
-    atmosphere='lively', style='photo', quality_meta='sharp', HTML_web_color_name='black')
-'''
+from webui_helpers import DRAGON, SMALL, A1111Model, Rig, forward_attributes, images_equal, omost, tiny_ldm_unet
 
 
 @pytest.fixture(scope='module')
@@ -42,8 +29,6 @@ def host_state():
     assert shared.opts.emphasis == 'Original'
 
 
-def omost(canvas=SMALL, **options):
-    return [True, canvas, json.dumps(options) if options else '']
 
 
 def test_disabled_is_untouched_and_bit_identical(rig, baseline):

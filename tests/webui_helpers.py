@@ -10,6 +10,7 @@ The fake `modules` package lives in tests/webui_stubs.
 """
 import copy
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -25,6 +26,11 @@ if STUBS not in sys.path:
     sys.path.insert(0, STUBS)
 
 from lib_omost import clip_tokenizer  # noqa: E402
+
+
+def _read_fixture(name):
+    with open(os.path.join(ROOT, 'tests', 'fixtures', name), encoding='utf-8') as f:
+        return f.read()
 
 CONTEXT_DIM = 64
 
@@ -466,6 +472,24 @@ class Rig:
         Rig.steps = []
         p = self.p(omost, bare, **kwargs)
         return p, processing.process_images(p)
+
+
+DRAGON = _read_fixture('dragon_battle.canvas.py')  # Omost's real transcript: 24 bags
+SMALL = '''canvas = Canvas()
+canvas.set_global_description(description='A cat and a dog in a garden.', detailed_descriptions=['Sunny day.'],
+    tags='cat, dog, garden', HTML_web_color_name='green')
+canvas.add_local_description(location='on the left', offset='no offset', area='a small square area',
+    distance_to_viewer=2.0, description='An orange cat.', detailed_descriptions=['The cat sits.'], tags='cat',
+    atmosphere='calm', style='photo', quality_meta='sharp', HTML_web_color_name='orange')
+canvas.add_local_description(location='on the right', offset='no offset', area='a small vertical area',
+    distance_to_viewer=1.0, description='A black dog.', detailed_descriptions=['The dog runs.'], tags='dog',
+    atmosphere='lively', style='photo', quality_meta='sharp', HTML_web_color_name='black')
+'''
+
+
+def omost(canvas=SMALL, **options):
+    """The script args an API client sends: [enabled, canvas, options JSON]."""
+    return [True, canvas, json.dumps(options) if options else '']
 
 
 def images_equal(a, b) -> bool:

@@ -1,0 +1,147 @@
+"""The Forge path through the script's own hooks: forge_objects rebuilt before every sampling pass, a UnetPatcher
+whose clone() deep-copies model_options, attn2 replace patches dispatched as Forge's transformer block does
+(tests/webui_helpers.py), [uncond, cond] batching with LCM tiling (tests/webui_stubs/modules/sd_samplers.py)."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from webui_helpers import DRAGON, ForgeModel, ForgeTinyUNet, Rig, images_equal, omost
+
+
+@pytest.fixture(scope='module')
+def rig():
+    return Rig(ForgeModel(ForgeTinyUNet()))
+
+
+@pytest.fixture(scope='module')
+def baseline(rig):
+    return rig.generate(bare=True)[1]
+
+
+@pytest.fixture(autouse=True)
+def host_state(rig):
+    from modules import errors, shared
+    errors.reported.clear()
+    yield
+    shared.state.interrupted = False
+    # Nothing of ours outlives a generation: the patcher the host starts from is never modified.
+    base = rig.model.forge_objects_original.unet
+    assert rig.model.forge_objects_after_applying_lora.unet is base
+    assert 'patches_replace' not in base.model_options['transformer_options']
+
+
+class IPAdapterLike:
+    """An attn2 replace patch installed before Omost (what Forge's IP-Adapter does): plain attention plus an
+    extra term. Counts its calls on the class: UnetPatcher.clone() deep-copies the instance."""
+
+    calls = 0
+
+    def __call__(self, q, k, v, extra_options):
+        IPAdapterLike.calls += 1
+        heads = extra_options['n_heads']
+        b = q.shape[0]
+        qh, kh, vh = (t.reshape(b, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2).reshape(b, q.shape[1], -1)
+        return out + 0.3 * q.tanh()
+
+
+def test_disabled_is_bit_identical_and_unpatched(rig, baseline):
+    _, res = rig.generate()
+    assert images_equal(res, baseline)
+    assert all(s['patched'] == 0 for s in Rig.steps)
+
+
+def test_regions_patch_the_pass_and_change_the_result(rig, baseline):
+    from modules import errors
+    p, res = rig.generate(omost(DRAGON))
+    steps = list(Rig.steps)
+    _, bags_only = rig.generate(omost(DRAGON, regions=False))
+    assert errors.reported == []
+    assert all(s['patched'] == 3 * 16 * 16 for s in steps)  # every (block, id, index) key, as replace_all
+    assert not images_equal(res, baseline) and not images_equal(res, bags_only)
+    # 24 bags of 1848 tokens vs a 77-token negative: LCM/min = 24 > 4, so Forge runs separate calls
+    assert steps[0]['cond_len'] == 77 * (steps[0]['prompt'].count(' BREAK ') + 1)
+    assert p.all_prompts == ['a photo <lora:foo:0.5>'] and res.infotexts[0].startswith('a photo <lora:foo:0.5>\n')
+    assert json.loads(p.extra_generation_params['Omost canvas'])['format'] == 'omost-canvas'
+    assert images_equal(rig.generate()[1], baseline)
+
+
+def test_tiled_contexts_and_hires_passes(rig, baseline):
+    # SMALL has 3 bags: 231 cond tokens vs 77 uncond tokens are batched together, uncond tiled x3
+    p, res = rig.generate(omost(), enable_hr=True, hr_scale=1.5, batch_size=2, steps=2)
+    first = [s for s in Rig.steps if not s['hr']]
+    hires = [s for s in Rig.steps if s['hr']]
+    assert first and hires and all(s['patched'] for s in Rig.steps)
+    assert {s['latent_size'] for s in first} == {(8, 8)} and {s['latent_size'] for s in hires} == {(12, 12)}
+    _, plain = rig.generate(enable_hr=True, hr_scale=1.5, batch_size=2, steps=2)
+    assert not images_equal(res, plain)
+    p, _ = rig.generate(omost(hires=False), enable_hr=True, hr_scale=1.5, steps=2)
+    assert all(s['patched'] for s in Rig.steps if not s['hr']) and not any(s['patched'] for s in Rig.steps
+                                                                            if s['hr'])
+    assert images_equal(rig.generate()[1], baseline)
+
+
+def test_composes_with_an_earlier_attn2_patch_and_a_later_clone(rig, baseline):
+    """IP-Adapter-like patch already on the patcher the pass starts from; another extension clones the unet after
+    Omost (UnetPatcher.clone deep-copies model_options): both keep working with the regions."""
+    from modules import scripts
+    model = rig.model
+    original = model.forge_objects_after_applying_lora
+    ip = IPAdapterLike()
+    with_ip = original.unet.clone()
+    for block, number in (('input', 1), ('middle', 0), ('output', 1)):
+        with_ip.set_model_attn2_replace(ip, block, number, 0)
+
+    class LaterCloner(scripts.Script):
+        def title(self):
+            return 'later'
+
+        def process_before_every_sampling(self, p, *args, **kwargs):
+            p.sd_model.forge_objects.unet = p.sd_model.forge_objects.unet.clone()
+
+    later = LaterCloner()
+    runner = scripts.ScriptRunner([(rig.script, 3), (later, 0)])
+    from modules import processing
+    try:
+        model.forge_objects_after_applying_lora = original.shallow_copy()
+        model.forge_objects_after_applying_lora.unet = with_ip
+        Rig.steps = []
+        res_ip_only = processing.process_images(rig.p(bare=True))
+        ip_calls_plain = ip.calls
+        p = rig.p(omost())
+        p.scripts = runner
+        Rig.steps = []
+        res_both = processing.process_images(p)
+        assert all(s['patched'] == 3 * 16 * 16 for s in Rig.steps)
+        assert ip.calls > ip_calls_plain  # the earlier patch still runs inside Omost's
+    finally:
+        model.forge_objects_after_applying_lora = original
+    _, res_omost_only = rig.generate(omost())
+    assert not images_equal(res_both, res_ip_only) and not images_equal(res_both, res_omost_only)
+    assert images_equal(rig.generate()[1], baseline)
+
+
+def test_step_window_follows_the_denoiser_through_clones(rig):
+    """The regions act only inside the step window; the progress reaches the patch even after later clones."""
+    _, full = rig.generate(omost())
+    _, late = rig.generate(omost(start=0.5))
+    _, plain = rig.generate(omost(regions=False))
+    # steps=3: progress 0, 1/3, 2/3 -> with start 0.5 only the last step is regional
+    assert not images_equal(late, full) and not images_equal(late, plain)
+
+
+def test_model_without_attn2_is_left_alone(rig):
+    from torch import nn
+
+    class FluxLike(nn.Module):
+        def forward(self, x, timesteps, context, transformer_options):
+            return x * 0.5
+
+    flux = Rig(ForgeModel(FluxLike()))
+    p, res = flux.generate(omost())
+    assert 'Omost' not in res.infotexts[0] and any('no cross-attention' in c for c in p.comments)
+    assert all(s['patched'] == 0 and ' BREAK ' not in s['prompt'] for s in Rig.steps)
+    assert torch.isfinite(res.images[0]).all()

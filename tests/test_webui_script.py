@@ -1,0 +1,111 @@
+"""The script's wiring outside sampling: ui() for the tabs and for API defaults, settings, preload flags,
+install.py, and cleanup from the global callbacks."""
+
+import argparse
+import importlib.util
+import os
+import sys
+import types
+
+import pytest
+
+from webui_helpers import ROOT, SMALL, A1111Model, Rig, forward_attributes, tiny_ldm_unet
+
+
+def load_file(name):
+    spec = importlib.util.spec_from_file_location(f'omost_{name}_under_test', os.path.join(ROOT, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def script_module():
+    Rig(None)  # loads scripts/omost.py once, as the WebUI does
+    return Rig._script_module
+
+
+def test_ui_is_built_per_tab_and_again_for_api_defaults(script_module):
+    import gradio as gr
+    ids = []
+    for is_img2img in (False, True, False):  # txt2img, img2img, then the API's default-args pass
+        script = script_module.Script()
+        script.is_img2img = is_img2img
+        assert script.title() == 'Omost' and script.show(is_img2img) is script_module.scripts.AlwaysVisible
+        with gr.Blocks():
+            inputs = script.ui(is_img2img)
+        assert len(inputs) == 3 and inputs[0].value is False
+        assert [key for _, key in script.infotext_fields] == ['Omost', 'Omost canvas', 'Omost options']
+        assert script.paste_field_names == ['Omost', 'Omost canvas', 'Omost options']
+        ids.append(inputs[1].elem_id)
+    assert ids[0] != ids[1] and ids[0] == ids[2]  # unique per tab, stable across rebuilds
+
+
+def test_settings_section_with_command_line_defaults(script_module):
+    from modules import script_callbacks, shared
+    from omost_webui import settings
+    parser = argparse.ArgumentParser()
+    load_file('preload').preload(parser)
+    args = parser.parse_args(['--omost-server-url', 'http://127.0.0.1:9/v1', '--omost-model', 'omost-llama',
+                              '--omost-models-dir', '/srv/llms'])
+    try:
+        vars(shared.cmd_opts).update(vars(args))
+        script_callbacks.ui_settings_callback()
+        labels = {k: v for k, v in shared.opts.data_labels.items() if k.startswith('omost_')}
+        assert {'omost_models_dir', 'omost_backend', 'omost_server_url', 'omost_server_model', 'omost_keep_loaded',
+                'omost_presets_file', 'omost_system_prompt', 'omost_cache_mb'} <= set(labels)
+        assert all(info.section == ('omost', 'Omost') for info in labels.values())
+        assert labels['omost_api_key'].restrict_api
+        current = settings.current()
+        assert current['server_url'] == 'http://127.0.0.1:9/v1' and current['server_model'] == 'omost-llama'
+        assert current['models_dir'] == '/srv/llms' and current['backend'] == 'server'
+        assert current['presets'] and all(isinstance(name, str) for name in current['presets'])
+        shared.opts.omost_cache_mb = 0
+        assert settings.current()['data_dir'] == ''
+    finally:
+        for key in list(shared.opts.data_labels):
+            if key.startswith('omost_'):
+                shared.opts.data_labels.pop(key)
+                shared.opts.data.pop(key, None)
+        for key in vars(args):
+            delattr(shared.cmd_opts, key)
+    from modules import paths
+    assert settings.default_models_dir() == os.path.join(paths.models_path, 'omost')
+
+
+def test_install_only_adds_what_is_missing_and_never_the_pinned_packages(monkeypatch):
+    calls = []
+    monkeypatch.setitem(sys.modules, 'launch', types.SimpleNamespace(
+        run_pip=lambda command, desc=None: calls.append(command)))
+    install = load_file('install')
+    assert calls == []  # imported, not run as __main__: installs nothing
+    for pinned in ('torch', 'gradio', 'transformers', 'bitsandbytes'):
+        assert pinned not in install.REQUIREMENTS
+    install.main()
+    assert calls == []  # everything is present in this environment
+    monkeypatch.setitem(install.REQUIREMENTS, 'omost-surely-absent-package', 'omost-surely-absent-package>=1')
+    install.main()
+    assert calls == ['install "omost-surely-absent-package>=1"']
+
+
+def test_model_load_and_script_unload_remove_stale_hooks(script_module):
+    from lib_omost.attention import RegionalAttention
+    from modules import script_callbacks
+    from omost_webui.a1111 import A1111RegionalHooks
+    unet = tiny_ldm_unet()
+    for fire in (lambda: script_callbacks.model_loaded_callback(A1111Model(unet)),
+                 script_callbacks.script_unloaded_callback):
+        A1111RegionalHooks(RegionalAttention([(0, 90, 0, 90)], [0] * 77, (8, 8))).install(unet)
+        assert len(forward_attributes(unet)) == 7
+        fire()
+        assert forward_attributes(unet) == []
+
+
+def test_disabled_process_leaves_p_alone(script_module):
+    from omost_webui import generation
+    rig = Rig(A1111Model(tiny_ldm_unet()))
+    p = rig.p([False, SMALL, '{"bogus": 1}'])
+    before = dict(vars(p))
+    generation.before_process(p, False, SMALL, '')
+    generation.process(p, False, SMALL, '{"bogus": 1}')
+    assert vars(p) == before  # not even the bad options are looked at

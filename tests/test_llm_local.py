@@ -103,6 +103,18 @@ def test_stop_within_two_tokens(backend):
     assert conv.history == [('a dragon', 'canvas = Canvas()'), ('a cat', last.text)] and conv.turns[-1].partial
 
 
+def test_abandoned_chat_stops_and_frees_the_model_for_the_next(backend):
+    gen = stream_reply(backend, Conversation(), 'a cat', ChatParams(max_new_tokens=4000), threading.Event())
+    next(gen)
+    del gen  # a UI dropped it mid-reply, without stop or close: generate() must end, the lock must not stay held
+    result = []
+    worker = threading.Thread(target=lambda: result.append(chat(backend, Conversation(), 'a dog',
+                                                                max_new_tokens=3)[-1]))
+    worker.start()
+    worker.join(30)
+    assert result and (result[0].error, result[0].tokens) == (None, 3)
+
+
 def test_context_budget_is_exact_and_never_truncates(folder, raw):
     tok = raw[0]
     conv = Conversation([Turn('a dragon', 'canvas = Canvas()\n' * 60)])

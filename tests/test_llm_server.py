@@ -71,6 +71,16 @@ def test_retry_and_edit_replace_the_last_turn():
     assert sent[1][-1] == {'role': 'user', 'content': 'a dog'} and len(sent[1]) == 4
 
 
+@pytest.mark.parametrize('mode,message', [('new', '  '), ('edit', ''), ('retry', '')])
+def test_nothing_to_send_changes_nothing(mode, message):
+    backend = ServerBackend('127.0.0.1:9', 'm')  # never contacted
+    conv = Conversation() if mode == 'retry' else conversation()
+    before = conv.history
+    last = run(backend, conv, message, mode=mode)
+    assert last[-1].error == ('There is no message to retry.' if mode == 'retry' else 'Type a message first.')
+    assert conv.history == before
+
+
 def test_reply_without_code_gets_a_notice():
     with LoopbackServer(stream_text(['I would rather ', 'chat.'])) as srv:
         last = run(ServerBackend(srv.url, 'm'), Conversation(), 'hello')[-1]

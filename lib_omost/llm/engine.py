@@ -37,6 +37,8 @@ def _one_line(text: str) -> str:
 
 def _prepare_turn(conv: Conversation, message: str, mode: str):
     """Apply `mode` to the conversation; returns (index of the turn being answered, the turn as it was before)."""
+    if mode in ('new', 'edit') and not (message or '').strip():
+        raise ChatError('Type a message first.')
     if mode == 'new':
         conv.turns.append(Turn(message or ''))
         return len(conv.turns) - 1, None

@@ -187,7 +187,7 @@ class LocalBackend:
         self.tokenizer = None
         self.folder = None
         self._encoded = None
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
 
     # -- where the model is ----------------------------------------------------------------------------------
 
@@ -321,7 +321,7 @@ class LocalBackend:
 
         def run():
             try:
-                self._load(progress=lines.put)
+                self.load(progress=lines.put)
             except BaseException as e:  # noqa: BLE001 - re-raised in the streaming thread
                 failure.append(e)
             finally:
@@ -334,52 +334,58 @@ class LocalBackend:
             raise failure[0]
 
     def stream(self, messages: list, params: ChatParams, stop: threading.Event):
-        with self._lock:
-            if self.model is None:
-                yield from self._load_reporting()
-            import torch
-            input_ids = self.encode(messages)
-            if input_ids.shape[-1] >= self.context_tokens:
-                raise ChatError(BUDGET_FULL.format(n=int(input_ids.shape[-1]), limit=self.context_tokens))
-            input_ids = input_ids.to(self.model.device)
-            abort = threading.Event()
-            criterion = _StopOnEvent(stop, abort, int(input_ids.shape[-1]))
-            streamer = TokenStreamer()
-            kwargs = self.generate_kwargs(input_ids, params, streamer, criterion)
-            failure = []
+        # No lock is held across a yield (a UI may abandon this generator in another thread): loading and
+        # generate() take the lock in their own threads, so chats on one model queue up instead.
+        if self.model is None:
+            yield from self._load_reporting()
+        import torch
+        model, tokenizer = self.model, self.tokenizer
+        if model is None:
+            raise ChatError(f'{self.name} was unloaded before the chat could start; send the message again.')
+        input_ids = self.encode(messages)
+        if input_ids.shape[-1] >= self.context_tokens:
+            raise ChatError(BUDGET_FULL.format(n=int(input_ids.shape[-1]), limit=self.context_tokens))
+        input_ids = input_ids.to(model.device)
+        abort = threading.Event()
+        criterion = _StopOnEvent(stop, abort, int(input_ids.shape[-1]))
+        streamer = TokenStreamer()
+        kwargs = self.generate_kwargs(input_ids, params, streamer, criterion)
+        failure = []
 
-            def run():
-                try:
-                    self.model.generate(**kwargs)
-                except Exception as e:  # noqa: BLE001 - reported to the user by the consuming thread
-                    failure.append(e)
-                finally:
-                    streamer.end()
-
-            torch.manual_seed(int(params.seed))
-            thread = threading.Thread(target=run, name='omost-llm-generate', daemon=True)
-            thread.start()
+        def run():
             try:
-                decoder, ended = IncrementalDecoder(self.tokenizer), False
-                ids = []
-                while not ended:
-                    ids, ended = streamer.wait(len(ids))
-                    text = decoder.delta(ids, final=ended)
-                    yield 'tokens', len(ids)
-                    if text:
-                        yield 'text', text
-                    if not ended:
-                        streamer.ended.wait(self.update_interval)  # let tokens gather: fewer decodes and updates
-                thread.join()
-                if failure:
-                    e = failure[0]
-                    reason = ' '.join(str(e).split())[:300] or type(e).__name__
-                    raise ChatError(f'The model failed while writing: {type(e).__name__}: {reason}')
-                if not criterion.cancelled:
-                    yield 'finish', 'length' if len(ids) >= params.max_new_tokens else 'stop'
+                with self._lock:
+                    if not abort.is_set():
+                        torch.manual_seed(int(params.seed))  # Omost's chat_fn seeds the global generator
+                        model.generate(**kwargs)
+            except Exception as e:  # noqa: BLE001 - reported to the user by the consuming thread
+                failure.append(e)
             finally:
-                abort.set()  # the consumer went away (or finished): end generate() at the next token
-                thread.join()
-                del kwargs, streamer, thread
-                if not self.keep_loaded:
-                    self.unload()
+                streamer.end()
+
+        thread = threading.Thread(target=run, name='omost-llm-generate', daemon=True)
+        thread.start()
+        try:
+            decoder, ended = IncrementalDecoder(tokenizer), False
+            ids = []
+            while not ended:
+                ids, ended = streamer.wait(len(ids))
+                text = decoder.delta(ids, final=ended)
+                yield 'tokens', len(ids)
+                if text:
+                    yield 'text', text
+                if not ended:
+                    streamer.ended.wait(self.update_interval)  # let tokens gather: fewer decodes and updates
+            thread.join()
+            if failure:
+                e = failure[0]
+                reason = ' '.join(str(e).split())[:300] or type(e).__name__
+                raise ChatError(f'The model failed while writing: {type(e).__name__}: {reason}')
+            if not criterion.cancelled:
+                yield 'finish', 'length' if len(ids) >= params.max_new_tokens else 'stop'
+        finally:
+            abort.set()  # the consumer went away (or finished): end generate() at the next token
+            thread.join()
+            del kwargs, streamer, thread, model
+            if not self.keep_loaded:
+                self.unload()

@@ -104,11 +104,14 @@ def detect_arch(p) -> str | None:
 # Hooks
 
 
-def before_process(p, enabled, canvas_text, options_text):
+def _emphasis(p) -> str:
+    """The Emphasis setting this job runs with: the request's override, else the global setting."""
     from modules import shared
-    if not enabled or getattr(shared.opts, 'emphasis', 'Original') != 'None':
-        return
-    if getattr(p, 'override_settings_restore_afterwards', True):
+    return p.override_settings.get('emphasis', getattr(shared.opts, 'emphasis', 'Original'))
+
+
+def before_process(p, enabled, canvas_text, options_text):
+    if enabled and _emphasis(p) == 'None' and getattr(p, 'override_settings_restore_afterwards', True):
         p.override_settings['emphasis'] = 'Original'
 
 
@@ -148,8 +151,7 @@ def process(p, enabled, canvas_value, options_value):
     except OmostInputError as e:
         refuse(p, e)
         return
-    from modules import shared
-    if getattr(shared.opts, 'emphasis', 'Original') == 'None' and p.override_settings.get('emphasis') != 'Original':
+    if _emphasis(p) == 'None':  # only when the host would not restore our override (see before_process)
         refuse(p, OmostInputError('Omost needs BREAK, which Emphasis "None" turns off; choose another Emphasis '
                                   'in Settings > Stable Diffusion.'))
         return

@@ -174,6 +174,15 @@ def test_emphasis_none_is_overridden_for_the_job_only(rig):
     finally:
         shared.opts.emphasis = 'Original'
     assert images_equal(res, reference)
+    _, res = rig.generate(omost(), override_settings={'emphasis': 'None'})  # a request asking for None
+    assert all(s['emphasis'] == 'Original' for s in Rig.steps) and images_equal(res, reference)
+    from omost_webui.generation import OmostInputError
+    shared.opts.emphasis = 'None'
+    try:  # the host would keep an override it does not restore: refuse instead of rendering broken bags
+        with pytest.raises(OmostInputError, match='Emphasis'):
+            rig.generate(omost(), override_settings_restore_afterwards=False)
+    finally:
+        shared.opts.emphasis = 'Original'
 
 
 REPLY = 'Sure, here is the canvas:\n\n```python\n' + SMALL + '```\nEnjoy!'

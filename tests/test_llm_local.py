@@ -200,3 +200,25 @@ def test_a1111_transformers_refuses_llama3_with_alternatives(folder, tmp_path):
                         f'Phi-3 needs transformers 4.40 (older versions have no Phi3). {ALTERNATIVES}')
     assert lines[2] == 'transformers imported: False'  # refused from the config files alone
     assert not (tmp_path / 'omost-phi-3-mini-128k').exists()  # and before any download
+
+
+DOWNLOAD_SCRIPT = r'''
+import sys, threading
+from lib_omost.llm import LocalBackend, Conversation, ChatParams, stream_reply
+conv = Conversation()
+for u in stream_reply(LocalBackend('omost-llama-3-8b', sys.argv[1]), conv, 'a cat', ChatParams(), threading.Event()):
+    print(u.notice if not u.done else u.error)
+print(conv.history)
+'''
+
+
+def test_catalogue_model_is_downloaded_with_progress_and_fails_cleanly_offline(tmp_path):
+    out = subprocess.run([sys.executable, '-c', DOWNLOAD_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT, env={**os.environ, 'PYTHONPATH': ROOT, 'HF_HUB_OFFLINE': '1'})
+    folder = tmp_path / 'omost-llama-3-8b'
+    lines = out.stdout.splitlines()
+    assert lines[0] == f'Downloading lllyasviel/omost-llama-3-8b (about 16.1 GB) into {folder}', out.stderr
+    assert lines[-2].startswith(f'Could not download lllyasviel/omost-llama-3-8b into {folder}: ')
+    assert lines[-2].endswith('Run it again to resume, or download it by hand (huggingface-cli download '
+                              f'lllyasviel/omost-llama-3-8b --local-dir {folder}).')
+    assert lines[-1] == "[('a cat', '')]"

@@ -1,9 +1,11 @@
 """`python -m lib_omost bench llm`: the in-process chat engine against raw `model.generate`, same model, same
 prompt, same (greedy) tokens, plus the response-cache hit time. Prints one table and one summary line.
 
-The engine adds the chat template, a TextIteratorStreamer fed from a generate() thread, the stop criterion and
-the updates; the goal is >= 0.95x raw throughput. Runs alternate (raw, engine, raw, ...) so machine load hits
-both alike; the best of each is reported (the run least disturbed by other load).
+The engine adds the chat template, a generate() thread feeding a token streamer, the stop criterion, incremental
+decoding and the updates; the goal is >= 0.95x raw throughput. Runs alternate (raw, engine, raw, ...) and the best
+of each is kept. Throughput is given twice: per second of process CPU time (all threads; what each side costs,
+steady on a shared machine) and per second of wall-clock time (what a user waits; noisy when other work shares the
+cores). The goal is judged on CPU time.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ def _shapes(quick: bool) -> list:
     return [(2, 64, 256)] if quick else [(2, 64, 512), (8, 256, 256)]
 
 
+def _timed(fn):
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
 def _measure(layers: int, hidden: int, new_tokens: int, repeats: int, workdir: str) -> dict:
     import torch
     from lib_omost.llm import ChatParams, Conversation, LocalBackend, ResponseCache, stream_reply
@@ -32,48 +40,41 @@ def _measure(layers: int, hidden: int, new_tokens: int, repeats: int, workdir: s
     model, tok = backend.model, backend.tokenizer
     params = ChatParams(temperature=0, max_new_tokens=new_tokens)
     message = 'a cat on a sofa'
-    ids = backend.encode(Conversation([(message, '')]).messages())
+    messages = Conversation([(message, '')]).messages()
+    ids = backend.encode(messages)
 
     def raw():
-        t0 = time.perf_counter()
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
-                             pad_token_id=tok.pad_token_id)
-        dt = time.perf_counter() - t0
-        return dt, tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True), int(out.shape[1] - ids.shape[1])
-
-    def raw_in_thread():
-        box = []
-        worker = threading.Thread(target=lambda: box.append(raw()))
-        worker.start()
-        worker.join()
-        return box[0]
+        return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
+                              pad_token_id=tok.pad_token_id)
 
     def engine(cache=None):
-        t0 = time.perf_counter()
         last = None
         for last in stream_reply(backend, Conversation(), message, params, threading.Event(), cache=cache):
             pass
-        return time.perf_counter() - t0, last
+        return last
 
-    raw(), raw_in_thread(), engine()  # warm-up: allocator, kernels, tokenizer caches
-    raw_times, thread_times, engine_times = [], [], []
+    raw(), engine()  # warm-up: allocator, kernels, tokenizer caches
+    runs = {'raw': [], 'engine': []}
     for _ in range(repeats):
-        dt, raw_text, raw_tokens = raw()
-        raw_times.append(dt)
-        thread_times.append(raw_in_thread()[0])
-        dt, last = engine()
-        engine_times.append(dt)
+        wall, cpu, out = _timed(raw)
+        runs['raw'].append((wall, cpu))
+        wall, cpu, last = _timed(engine)
+        runs['engine'].append((wall, cpu))
+    raw_tokens = int(out.shape[1] - ids.shape[1])
+    raw_text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     with tempfile.TemporaryDirectory() as cache_dir:
         # A reply cut at max_new_tokens is never cached, so store this one as if it had finished.
         cache = ResponseCache(cache_dir)
-        messages = Conversation([(message, '')]).messages()
         cache.put(cache.key(backend.identity(), messages, params.cache_fields()), last.text)
-        hits = [engine(cache)[0] for _ in range(repeats)]
-        cached = engine(cache)[1].cached
+        hits = [_timed(lambda: engine(cache)) for _ in range(repeats)]
     backend.unload()
-    return {'shape': f'{layers}L h{hidden}', 'tokens': raw_tokens, 'same': last.text == raw_text and
-            last.tokens == raw_tokens, 'raw_s': min(raw_times), 'thread_s': min(thread_times),
-            'engine_s': min(engine_times), 'hit_s': statistics.median(hits), 'cached': cached}
+    row = {'shape': f'{layers}L h{hidden}', 'tokens': raw_tokens,
+           'same': last.text == raw_text and last.tokens == raw_tokens,
+           'hit_ms': statistics.median(h[0] for h in hits) * 1000, 'cached': all(h[2].cached for h in hits)}
+    for side, times in runs.items():
+        row[f'{side}_wall'] = raw_tokens / min(t[0] for t in times)
+        row[f'{side}_cpu'] = raw_tokens / min(t[1] for t in times)
+    return row
 
 
 def main(args) -> int:
@@ -88,22 +89,23 @@ def main(args) -> int:
     torch.set_num_threads(1)
     quick = getattr(args, 'quick', False)
     repeats = 5 if quick else 9
-    rows = []
     with tempfile.TemporaryDirectory() as workdir:
-        for layers, hidden, new_tokens in _shapes(quick):
-            rows.append(_measure(layers, hidden, new_tokens, repeats, workdir))
-    print('tok/s, best of alternating runs; greedy; torch threads: 1. "raw" = model.generate in the main '
-          'thread, "raw thr" = in a worker thread (as the engine runs it); ratio = engine / the faster raw.')
-    print(f'{"model":<10} {"tokens":>6} {"same":>5} {"raw":>8} {"raw thr":>8} {"engine":>8} {"ratio":>6} '
-          f'{"cache hit ms":>13}')
+        rows = [_measure(layers, hidden, new_tokens, repeats, workdir)
+                for layers, hidden, new_tokens in _shapes(quick)]
+    print(f'greedy, best of {repeats} alternating runs, torch threads: 1; tok/s per CPU second (all threads) '
+          'and per wall second')
+    print(f'{"model":<8} {"tokens":>6} {"same":>4} | {"raw cpu":>8} {"engine cpu":>10} {"ratio":>6} | '
+          f'{"raw wall":>8} {"engine wall":>11} {"ratio":>6} | {"cache hit ms":>12}')
     for r in rows:
-        raw_tps, thr_tps, eng_tps = (r['tokens'] / r[k] for k in ('raw_s', 'thread_s', 'engine_s'))
-        r['ratio'] = eng_tps / max(raw_tps, thr_tps)
-        print(f'{r["shape"]:<10} {r["tokens"]:>6} {"yes" if r["same"] else "NO":>5} {raw_tps:>8.1f} '
-              f'{thr_tps:>8.1f} {eng_tps:>8.1f} {r["ratio"]:>5.2f}x {r["hit_s"] * 1000:>13.2f}')
-    worst = min(r['ratio'] for r in rows)
-    ok = worst >= GOAL and all(r['same'] and r['cached'] for r in rows)
-    print(f'summary: engine/raw throughput {worst:.2f}x at worst (goal >= {GOAL}x), identical tokens: '
-          f'{"yes" if all(r["same"] for r in rows) else "NO"}, cache hit {max(r["hit_s"] for r in rows) * 1000:.1f} '
-          f'ms at worst -> {"OK" if ok else "BELOW GOAL"}')
+        r['ratio_cpu'] = r['engine_cpu'] / r['raw_cpu']
+        r['ratio_wall'] = r['engine_wall'] / r['raw_wall']
+        print(f'{r["shape"]:<8} {r["tokens"]:>6} {"yes" if r["same"] else "NO":>4} | {r["raw_cpu"]:>8.1f} '
+              f'{r["engine_cpu"]:>10.1f} {r["ratio_cpu"]:>5.2f}x | {r["raw_wall"]:>8.1f} {r["engine_wall"]:>11.1f} '
+              f'{r["ratio_wall"]:>5.2f}x | {r["hit_ms"]:>12.2f}')
+    worst = min(r['ratio_cpu'] for r in rows)
+    same = all(r['same'] for r in rows)
+    ok = worst >= GOAL and same and all(r['cached'] for r in rows)
+    print(f'summary: engine/raw throughput {worst:.2f}x (CPU time, worst shape; wall '
+          f'{min(r["ratio_wall"] for r in rows):.2f}x), goal >= {GOAL}x; identical tokens: {"yes" if same else "NO"}; '
+          f'cache hit {max(r["hit_ms"] for r in rows):.1f} ms -> {"OK" if ok else "BELOW GOAL"}')
     return 0

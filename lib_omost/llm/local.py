@@ -96,7 +96,10 @@ def _pick_device(device: str) -> str:
     import torch
     if device and device != 'auto':
         return device
-    return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if torch.cuda.is_available():
+        return 'cuda'
+    mps = getattr(torch.backends, 'mps', None)
+    return 'mps' if mps is not None and mps.is_available() else 'cpu'
 
 
 class _StopOnEvent:
@@ -247,16 +250,20 @@ class LocalBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         quantised = bool(_read_json(os.path.join(folder, 'config.json')).get('quantization_config'))
         if device.startswith('cuda'):
+            # Omost computes in bfloat16 ("computation type, not load/memory type" for the bnb checkpoints)
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif device.startswith('mps'):
+            dtype = torch.float16
         else:
             dtype = torch.float32  # CPUs are slow or unsupported in half precision
         kwargs = {'torch_dtype': dtype}
-        if quantised:
-            kwargs['device_map'] = {'': device if ':' in device else 0}
+        direct = quantised or (device != 'cpu' and importlib.util.find_spec('accelerate') is not None)
+        if direct:  # weights go straight to the device instead of through a full copy in RAM
+            kwargs['device_map'] = {'': 0 if device == 'cuda' else device}
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
             model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-            if not quantised:
+            if not direct:
                 model.to(device)
             model.eval()
         except Exception as e:  # noqa: BLE001 - one line for the user; the reason is in it

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 
 from lib_omost.llm.conversation import ChatError
 
@@ -72,6 +73,35 @@ def is_complete(folder: str) -> bool:
     return any(os.path.isfile(os.path.join(folder, f)) for f in ('model.safetensors', 'pytorch_model.bin'))
 
 
+def folder_bytes(folder: str) -> int:
+    """Bytes on disk under `folder`, partial downloads (the hub's .incomplete files) included."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+class _BytePoller:
+    """Reports 'x of y GB' every few seconds while snapshot_download runs (it reports whole files only)."""
+
+    def __init__(self, folder: str, info: ModelInfo, progress, interval: float = 2.0):
+        self.done = threading.Event()
+        self.folder, self.info, self.progress, self.interval = folder, info, progress, interval
+        threading.Thread(target=self._run, name='omost-llm-download-progress', daemon=True).start()
+
+    def _run(self):
+        while not self.done.wait(self.interval):
+            got = folder_bytes(self.folder) / 1e9
+            self.progress(f'Downloading {self.info.repo_id}: {got:.1f} of about {self.info.size_gb:g} GB')
+
+    def close(self):
+        self.done.set()
+
+
 def _progress_tqdm(progress):
     """A tqdm class for snapshot_download that reports 'k of n files' to `progress(line)`."""
     from tqdm.auto import tqdm
@@ -102,6 +132,7 @@ def download_model(name: str, models_dir: str, progress=None) -> str:
                         f'put {info.repo_id} into {folder} by hand') from None
     if progress is not None:
         progress(f'Downloading {info.repo_id} (about {info.size_gb:g} GB) into {folder}')
+    poller = _BytePoller(folder, info, progress) if progress is not None else None
     try:
         os.makedirs(folder, exist_ok=True)
         snapshot_download(info.repo_id, local_dir=folder, allow_patterns=WEIGHT_PATTERNS,
@@ -111,6 +142,9 @@ def download_model(name: str, models_dir: str, progress=None) -> str:
         raise ChatError(f'Could not download {info.repo_id} into {folder}: {reason}. Run it again to resume, '
                         f'or download it by hand (huggingface-cli download {info.repo_id} --local-dir {folder}).') \
             from None
+    finally:
+        if poller is not None:
+            poller.close()
     if not is_complete(folder):
         raise ChatError(f'The download of {info.repo_id} into {folder} is incomplete; run it again to resume.')
     return folder

@@ -116,7 +116,7 @@ def test_no_trace_after_finished_interrupted_and_failed_generations(rig, baselin
 
 def test_hires_batches_and_the_hires_switch(rig):
     p, res = rig.generate(omost(), enable_hr=True, hr_scale=1.5, batch_size=2, n_iter=2, denoising_strength=0.6,
-                          steps=2)
+                          steps=1)
     assert len(res.images) == 4 and res.images[0].shape == (3, 96, 96)
     first = [s for s in Rig.steps if not s['hr']]
     hires = [s for s in Rig.steps if s['hr']]
@@ -125,7 +125,7 @@ def test_hires_batches_and_the_hires_switch(rig):
     assert p.hr_prompts[0].count(' BREAK ') == first[0]['prompt'].count(' BREAK ') == 2  # 3 regions, 1 bag each
     assert all(s['denoise'] == 0.6 for s in hires)
 
-    p, _ = rig.generate(omost(hires=False), enable_hr=True, hr_scale=1.5)
+    p, _ = rig.generate(omost(hires=False), enable_hr=True, hr_scale=1.5, steps=2)
     assert all(s['hooked'] == 7 for s in Rig.steps if not s['hr'])
     assert all(s['hooked'] == 0 for s in Rig.steps if s['hr'])
     assert ' BREAK ' in p.hr_prompts[0]  # the bags stay; only the regional attention is off there

@@ -109,3 +109,27 @@ def test_disabled_process_leaves_p_alone(script_module):
     generation.before_process(p, False, SMALL, '')
     generation.process(p, False, SMALL, '{"bogus": 1}')
     assert vars(p) == before  # not even the bad options are looked at
+
+
+A1111_PYTHON = os.path.join(ROOT, '.venv-a1111', 'bin', 'python')
+
+
+@pytest.mark.skipif(not os.path.exists(A1111_PYTHON), reason='the A1111-like venv (gradio 3.41.2) is not set up')
+def test_ui_under_gradio_3_41(tmp_path):
+    """A1111 pins gradio 3.41.2: the same script builds its accordion there (run in the A1111-like venv)."""
+    import subprocess
+    code = (
+        "import sys; sys.path[:0] = [%r, %r]\n"
+        "import gradio as gr, webui_helpers as wh\n"
+        "m = wh.load_script()\n"
+        "for tab in (False, True, False):\n"
+        "    s = m.Script(); s.is_img2img = tab\n"
+        "    with gr.Blocks():\n"
+        "        inputs = s.ui(tab)\n"
+        "    print(gr.__version__, [type(i).__name__ for i in inputs], inputs[1].elem_id)\n"
+    ) % (os.path.join(ROOT, 'tests'), ROOT)
+    out = subprocess.run([A1111_PYTHON, '-c', code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith('3.41.2 ') for line in lines)
+    assert 'script_txt2img_omost' in lines[0] and 'script_img2img_omost' in lines[1] and lines[0] == lines[2]

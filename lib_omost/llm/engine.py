@@ -35,6 +35,11 @@ def _one_line(text: str) -> str:
     return line[:1000]
 
 
+def _rate(tokens: int, started) -> float:
+    elapsed = time.perf_counter() - started if started is not None else 0.0
+    return tokens / elapsed if elapsed > 0 else 0.0
+
+
 def _prepare_turn(conv: Conversation, message: str, mode: str):
     """Apply `mode` to the conversation; returns (index of the turn being answered, the turn as it was before)."""
     if mode in ('new', 'edit') and not (message or '').strip():
@@ -92,8 +97,9 @@ def stream_reply(backend, conv: Conversation, message: str, params: ChatParams |
 
     try:
         n_prompt, exact = backend.count_tokens(messages)
-    except ChatError as e:
-        yield finish(error=str(e), partial=True, finish='error')
+    except Exception as e:  # noqa: BLE001 - e.g. a tokenizer whose chat template rejects the messages
+        yield finish(error=_one_line(e if isinstance(e, ChatError) else f'{type(e).__name__}: {e}'), partial=True,
+                     finish='error')
         return
     update.prompt_tokens = n_prompt
     limit = backend.context_tokens
@@ -121,11 +127,13 @@ def stream_reply(backend, conv: Conversation, message: str, params: ChatParams |
     if notices:
         update.notice = notices[0]
         yield dataclasses.replace(update)
-    started = time.perf_counter()
+    started = None  # the rate counts from the first token, not from loading or downloading
     reason, exact_tokens = None, False
     events = backend.stream(messages, params, stop)
     try:
         for kind, value in events:
+            if kind in ('text', 'tokens') and started is None:
+                started = time.perf_counter()
             if kind == 'text':
                 if not value:
                     continue
@@ -145,8 +153,7 @@ def stream_reply(backend, conv: Conversation, message: str, params: ChatParams |
             elif kind == 'finish':
                 reason = value
                 continue
-            elapsed = time.perf_counter() - started
-            update.tokens_per_s = update.tokens / elapsed if elapsed > 0 else 0.0
+            update.tokens_per_s = _rate(update.tokens, started)
             yield dataclasses.replace(update)
     except ChatError as e:
         yield finish(error=_one_line(e), partial=True, finish='error')
@@ -160,10 +167,12 @@ def stream_reply(backend, conv: Conversation, message: str, params: ChatParams |
         if close is not None:
             close()  # closes the HTTP stream / stops the generate thread when the caller abandons us
 
-    elapsed = time.perf_counter() - started
-    update.tokens_per_s = update.tokens / elapsed if elapsed > 0 else 0.0
+    update.tokens_per_s = _rate(update.tokens, started)
     if reason is None:  # backends end without 'finish' only when `stop` cut them
-        yield finish(partial=True, finish='cancelled', notice='Stopped; the partial reply is kept.')
+        if stop.is_set():
+            yield finish(partial=True, finish='cancelled', notice='Stopped; the partial reply is kept.')
+        else:
+            yield finish(partial=True, finish='error', error='The reply ended without finishing.')
         return
     if reason == 'length':
         notices.append(f'The reply was cut at {params.max_new_tokens} new tokens (max new tokens); '

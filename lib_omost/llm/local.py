@@ -103,16 +103,13 @@ def _pick_device(device: str) -> str:
 
 
 class _StopOnEvent:
-    """Stopping criterion: ends generate() at the next token once `stop` (or our own abort) is set; counts
-    the new tokens (exact progress, also for the benchmark)."""
+    """Stopping criterion (checked after every token): ends generate() once `stop` (or our own abort) is set."""
 
-    def __init__(self, stop: threading.Event, abort: threading.Event, prompt_len: int):
-        self.stop, self.abort, self.prompt_len = stop, abort, prompt_len
-        self.tokens = 0
+    def __init__(self, stop: threading.Event, abort: threading.Event):
+        self.stop, self.abort = stop, abort
         self.cancelled = False
 
     def __call__(self, input_ids, scores=None, **kwargs):
-        self.tokens = int(input_ids.shape[-1]) - self.prompt_len
         if self.stop.is_set() or self.abort.is_set():
             self.cancelled = True
             return True
@@ -354,7 +351,7 @@ class LocalBackend:
             raise ChatError(BUDGET_FULL.format(n=int(input_ids.shape[-1]), limit=self.context_tokens))
         input_ids = input_ids.to(model.device)
         abort = threading.Event()
-        criterion = _StopOnEvent(stop, abort, int(input_ids.shape[-1]))
+        criterion = _StopOnEvent(stop, abort)
         streamer = TokenStreamer()
         kwargs = self.generate_kwargs(input_ids, params, streamer, criterion)
         failure = []

@@ -6,7 +6,7 @@ region r and query pixel n of a layer with h x w pixels:
     score[n, j] = q_n . k_j / sqrt(d) * (h * w / area(r))     and -inf where pixel n lies outside r
 
 The multiplier depends only on the key, so it folds into k, and the mask is the same for every batch row and head:
-one SDPA call with a broadcast (N, T) bool mask, no (B, heads, N, T) score matrix. k is multiplied by
+one SDPA call with a broadcast (N, T) mask, no (B, heads, N, T) score matrix. k is multiplied by
 scale_j / max_scale (<= 1, keys never grow) and max_scale goes into SDPA's own `scale` argument.
 
 Strength s is Omost's area emphasis as an exponent, in the same single call:
@@ -43,7 +43,7 @@ class Plan:
     """Everything the single SDPA call needs for one layer size and context length."""
     key_scale: torch.Tensor  # (T, 1): scale_j / max_scale, in the compute dtype
     max_scale: float
-    attn_mask: torch.Tensor  # (N, T) bool, True = attend; broadcast over batch rows and heads
+    attn_mask: torch.Tensor  # (N, T) additive 0 / -inf, broadcast over batch rows and heads
 
 
 def make_plan(region_masks, token_region, strength: float, dtype: torch.dtype, device=None) -> Plan:
@@ -73,8 +73,10 @@ def make_plan(region_masks, token_region, strength: float, dtype: torch.dtype, d
     stranded = ~allowed.any(dim=1)
     if bool(stranded.any()):
         allowed[stranded] = owned if bool(owned.any()) else True
+    # Additive 0 / -inf in the compute dtype: SDPA would otherwise convert a bool mask on every call.
+    attn_mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float('-inf'))
     key_scale = (scale / max_scale).to(dtype)[:, None]
-    return Plan(key_scale=key_scale, max_scale=max_scale, attn_mask=allowed)
+    return Plan(key_scale=key_scale, max_scale=max_scale, attn_mask=attn_mask)
 
 
 def attend(q, k, v, plan: Plan):

@@ -38,7 +38,7 @@ def remove_all():
     _armed = None
     for module, (owner, previous) in list(_hooked.items()):
         _unhook(module, previous)
-    for owner, handle in list(_pre_hooks):
+    for owner, handle in _pre_hooks:
         handle.remove()
     _pre_hooks.clear()
 
@@ -57,15 +57,14 @@ def _unhook(module, previous):
     _hooked.pop(module, None)
 
 
-def _host_attention_settings():
-    """(upcast_attn, hypernetwork context function) from the running A1111, or (False, None) outside it."""
+def _host_hypernetworks():
+    """A1111's hypernetwork context function (context -> (context_k, context_v)), or None outside A1111."""
     try:
         from modules import shared
         from modules.hypernetworks import hypernetwork
     except ImportError:
-        return False, None
-    upcast = bool(getattr(shared.opts, 'upcast_attn', False))
-    return upcast, lambda context: hypernetwork.apply_hypernetworks(shared.loaded_hypernetworks, context)
+        return None
+    return lambda context: hypernetwork.apply_hypernetworks(shared.loaded_hypernetworks, context)
 
 
 def _crossattn(cond):
@@ -85,10 +84,9 @@ def _marked(cond) -> int:
 class A1111RegionalHooks:
     """The attn2 hooks of one generation, driven by a `lib_omost.attention.RegionalAttention`."""
 
-    def __init__(self, regional, upcast=None, context_kv=None):
+    def __init__(self, regional, context_kv=None):
         self.regional = regional
-        self.upcast = upcast          # None: read shared.opts.upcast_attn at install
-        self.context_kv = context_kv  # context -> (context_k, context_v); None: A1111's hypernetworks
+        self.context_kv = context_kv  # context -> (context_k, context_v); None: A1111's hypernetworks, if any
         self.n_cond = None            # cond rows of the current denoiser step (text_cond.shape[0])
         self.cond_length = None       # L_c, L_u: token lengths seen by the denoiser, without ControlNet's mark
         self.uncond_length = None
@@ -100,10 +98,8 @@ class A1111RegionalHooks:
 
     def install(self, diffusion_model, arm: bool = True) -> int:
         """Hook every `...attn2` CrossAttention under the diffusion model; returns how many were hooked."""
-        if self.upcast is None or self.context_kv is None:
-            upcast, context_kv = _host_attention_settings()
-            self.upcast = upcast if self.upcast is None else self.upcast
-            self.context_kv = context_kv if self.context_kv is None else self.context_kv
+        if self.context_kv is None:
+            self.context_kv = _host_hypernetworks()
         count = 0
         for name, module in diffusion_model.named_modules():
             if name.rsplit('.', 1)[-1] == 'attn2' and type(module).__name__ == 'CrossAttention':
@@ -167,15 +163,14 @@ class A1111RegionalHooks:
 
     def _before_unet(self, module, args, kwargs):
         if _armed is not self:
-            return None
+            return
         x = args[0] if args else kwargs.get('x')
         if not torch.is_tensor(x) or x.dim() != 4:
             self._call_rows = None
-            return None
+            return
         self._call_rows = (self._rows_seen, int(x.shape[0]))
         self._rows_seen += int(x.shape[0])
         self.regional.set_latent_size(int(x.shape[-2]), int(x.shape[-1]))
-        return None
 
     def _say(self, message):
         if message not in self._said:
@@ -212,13 +207,11 @@ class A1111RegionalHooks:
         q, k, v = module.to_q(x_cond), module.to_k(context_k), module.to_v(context_v)
         batch, pixels, heads = q.shape[0], q.shape[1], module.heads
         q, k, v = (t.reshape(batch, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
-        dtype = q.dtype
-        if self.upcast and dtype in (torch.float16, torch.bfloat16):
-            q, k, v = q.float(), k.float(), v.float()
+        # attend() computes fp16/bf16 in float32 (what A1111's upcast_attn asks for) and returns q's dtype.
         plan = self.regional.plan_for(pixels, k.shape[2], q.device, q.dtype, tiled=False)
         if plan is None:
             return plain(x, context)
-        out = attend(q, k, v, plan).transpose(1, 2).reshape(batch, pixels, -1).to(dtype)
+        out = attend(q, k, v, plan).transpose(1, 2).reshape(batch, pixels, -1)
         out = module.to_out(out)
         if n_cond < x.shape[0]:
             out = torch.cat([out, plain(x[n_cond:], context[n_cond:])])

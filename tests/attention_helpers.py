@@ -65,7 +65,7 @@ def tiny_unet(sd2=False, seed=0):
     """The tiny real ldm UNetModel of test-substrate.md section 3 (SD1-style conv proj or SD2-style linear)."""
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
     torch.manual_seed(seed)
-    kwargs = dict(num_head_channels=16, use_linear_in_transformer=True) if sd2 else dict(num_heads=2)
+    kwargs = {'num_head_channels': 16, 'use_linear_in_transformer': True} if sd2 else {'num_heads': 2}
     unet = UNetModel(image_size=16, in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2),
                      num_res_blocks=1, attention_resolutions=(1, 2), use_spatial_transformer=True,
                      transformer_depth=1, context_dim=64, legacy=False, **kwargs)

@@ -8,8 +8,16 @@ import torch
 
 from lib_omost.attention import RegionalAttention
 from omost_webui import a1111
-from tests.attention_helpers import (attn2_modules, denoiser_params, heads_merge, heads_split, omost_masks,
-                                     omost_reference, one_thread, tiny_unet)
+from tests.attention_helpers import (
+    attn2_modules,
+    denoiser_params,
+    heads_merge,
+    heads_split,
+    omost_masks,
+    omost_reference,
+    one_thread,
+    tiny_unet,
+)
 
 assert one_thread  # autouse fixture
 RECTS = [(0, 90, 0, 90), (10, 70, 0, 45), (30, 90, 40, 90)]
@@ -80,7 +88,7 @@ def expected(module, x, context, n_cond, token_map=TOKENS):
 
 def hooked(unet, **kw):
     regional = RegionalAttention(RECTS, TOKENS, None, **kw)
-    hooks = a1111.A1111RegionalHooks(regional, upcast=False, context_kv=lambda c: (c, c))
+    hooks = a1111.A1111RegionalHooks(regional, context_kv=lambda c: (c, c))
     assert hooks.install(unet) == len(attn2_modules(unet)) > 0
     return hooks
 
@@ -223,7 +231,7 @@ def test_hook_uses_the_modules_projections_so_lora_applies(unet):
 
 def test_on_cfg_denoiser_reads_sdxl_dicts_and_controlnet_marks():
     regional = RegionalAttention(RECTS, TOKENS, (8, 8))
-    hooks = a1111.A1111RegionalHooks(regional, upcast=False, context_kv=lambda c: (c, c))
+    hooks = a1111.A1111RegionalHooks(regional, context_kv=lambda c: (c, c))
     cond, uncond = torch.randn(3, 231, 64), torch.randn(1, 77, 64)
     marked_cond = torch.cat([torch.full((3, 1, 64), 1024.0), cond], 1)
     marked_uncond = torch.cat([torch.full((1, 1, 64), -1024.0), uncond], 1)
@@ -238,6 +246,6 @@ def test_on_cfg_denoiser_reads_sdxl_dicts_and_controlnet_marks():
 def test_host_settings_are_optional_outside_a1111(unet):
     hooks = a1111.A1111RegionalHooks(RegionalAttention(RECTS, TOKENS, None))
     hooks.install(unet)
-    assert hooks.upcast is False and hooks.context_kv is None
+    assert hooks.context_kv is None
     a1111.remove_all()
     assert all('forward' not in m.__dict__ for _, m in attn2_modules(unet))

@@ -9,8 +9,16 @@ from ldm.modules.attention import CrossAttention
 
 from lib_omost.attention import RegionalAttention
 from omost_webui.forge import RegionalAttn2Patch, patch_unet
-from tests.attention_helpers import (FakeUnetPatcher, forge_attn2, forge_call_options, heads_merge, heads_split,
-                                     omost_masks, omost_reference, one_thread)
+from tests.attention_helpers import (
+    FakeUnetPatcher,
+    forge_attn2,
+    forge_call_options,
+    heads_merge,
+    heads_split,
+    omost_masks,
+    omost_reference,
+    one_thread,
+)
 
 assert one_thread  # autouse fixture
 RECTS = [(0, 90, 0, 90), (0, 60, 0, 50), (40, 90, 30, 90)]
@@ -74,7 +82,7 @@ def test_cond_rows_regional_uncond_rows_plain_under_lcm_tiling(attn, cond_len, u
     regional = RegionalAttention(RECTS, TOKENS, None)
     _, options = patched_options(regional)
     plain_options = {}
-    cond, uncond, cond_tiled, uncond_tiled = contexts_lcm(cond_len + uncond_len, cond_len, uncond_len)
+    cond, _, cond_tiled, uncond_tiled = contexts_lcm(cond_len + uncond_len, cond_len, uncond_len)
     context = torch.cat([uncond_tiled, cond_tiled])  # Forge's usual order: cond_or_uncond = [1, 0]
     options.update(forge_call_options([1, 0], ROWS, LATENT))
     plain_options.update(forge_call_options([1, 0], ROWS, LATENT))

@@ -23,6 +23,8 @@ import logging
 
 from lib_omost.canvas import CanvasError, load_canvas
 from lib_omost.options import parse_options
+from lib_omost.presets import get_preset, load_presets
+from omost_webui.host_tokenizer import find_tokenize_line
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class Job:
     options: object
     forge: bool
     arch: str
+    preset: object = None        # lib_omost.presets.Preset, resolved (and validated) in process()
+    notes: set = dataclasses.field(default_factory=set)  # bag warnings already printed
     regional: object = None      # RegionalAttention of the first pass (None: plain attention)
     regional_hr: object = None   # the hires pass's, when its prompts differ
     hooks: object = None         # A1111RegionalHooks while armed
@@ -125,8 +129,8 @@ def refuse(p, error: Exception):
     p.init = init
 
 
-def parse_inputs(canvas_value, options_value):
-    """(canvas, warnings, options) from the script args, or OmostInputError naming the problem."""
+def parse_inputs(canvas_value, options_value, presets_file: str = ''):
+    """(canvas, warnings, options, preset) from the script args, or OmostInputError naming the problem."""
     if canvas_value is None or (isinstance(canvas_value, str) and not canvas_value.strip()):
         raise OmostInputError('Omost is enabled but the canvas is empty: chat with the LLM, paste a canvas, '
                               'or turn Omost off.')
@@ -136,9 +140,10 @@ def parse_inputs(canvas_value, options_value):
         raise OmostInputError(f'Omost canvas: {e}') from None
     try:
         options = parse_options(options_value)
+        preset = get_preset(options.preset, load_presets(presets_file or None))
     except CanvasError as e:
         raise OmostInputError(str(e)) from None
-    return result.canvas, result.warnings, options
+    return result.canvas, result.warnings, options, preset
 
 
 def process(p, enabled, canvas_value, options_value):
@@ -146,8 +151,10 @@ def process(p, enabled, canvas_value, options_value):
     cleanup()  # a failed earlier job (any tab) may have left hooks behind
     if not enabled:
         return
+    from omost_webui import settings
     try:
-        canvas, warnings, options = parse_inputs(canvas_value, options_value)
+        canvas, warnings, options, preset = parse_inputs(canvas_value, options_value,
+                                                         settings.get('omost_presets_file', ''))
     except OmostInputError as e:
         refuse(p, e)
         return
@@ -156,15 +163,16 @@ def process(p, enabled, canvas_value, options_value):
                                   'in Settings > Stable Diffusion.'))
         return
     arch = detect_arch(p)
-    if arch is None:
-        message = 'this model has no cross-attention layers (Flux, SD3, ...); Omost is skipped for it.'
-        _say_once('no-attn2', message)
+    if arch is None or find_tokenize_line(p.sd_model) is None:
+        message = ('this model has no cross-attention layers (Flux, SD3, ...)' if arch is None else
+                   'this model has no CLIP text encoder the extension knows') + '; Omost is skipped for it.'
+        _say_once(message, message)
         if hasattr(p, 'comment'):
             p.comment('Omost: ' + message)
         return
     for w in warnings:
         log.info('Omost canvas: %s', w)
-    p._omost_job = Job(p=p, canvas=canvas, options=options, forge=is_forge(p), arch=arch)
+    p._omost_job = Job(p=p, canvas=canvas, options=options, forge=is_forge(p), arch=arch, preset=preset)
     p.extra_generation_params[INFOTEXT_ENABLED] = True
     p.extra_generation_params[INFOTEXT_CANVAS] = json.dumps(canvas.to_json(), separators=(',', ':'))
     p.extra_generation_params[INFOTEXT_OPTIONS] = options.to_json()

@@ -12,12 +12,15 @@ def rewrite(p, job, prompts: list):
     from lib_omost.prompts import build_host_prompt
     from omost_webui.host_tokenizer import host_counter
     counter, chunk_count = host_counter(p.sd_model)
-    layouts = []
-    for i, user_text in enumerate(prompts):
-        hp = build_host_prompt(job.canvas, counter, preset=job.options.preset, user_text=user_text,
+    built = [build_host_prompt(job.canvas, counter, preset=job.preset, user_text=user_text,
                                user_target=job.options.prompt_target, chunk_count=chunk_count)
-        prompts[i] = hp.text
-        layouts.append(([r.rect for r in hp.regions], list(hp.token_region)))
+             for user_text in prompts]
+    prompts[:] = [hp.text for hp in built]  # all rows or none: an exception above leaves the batch as it was
+    for note in dict.fromkeys(w for hp in built for w in hp.warnings):
+        if note not in job.notes:  # once per generation, not per batch
+            job.notes.add(note)
+            print(f'[Omost] {note}')
+    layouts = [([r.rect for r in hp.regions], list(hp.token_region)) for hp in built]
     if any(layout != layouts[0] for layout in layouts[1:]):
         print('[Omost] the prompts of this batch differ, so their regions do not line up; '
               'regional attention is off for this batch (use batch count instead of batch size).')

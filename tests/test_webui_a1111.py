@@ -141,8 +141,9 @@ def test_hires_quick_button_skips_the_first_pass(rig):
 def test_img2img_with_the_accordion(rig):
     from PIL import Image
     init = Image.new('RGB', (64, 64), (10, 200, 30))
-    _, plain = rig.generate(init_images=[init], denoising_strength=0.7)
-    _, regional = rig.generate(omost(sketch=True, sketch_denoise=0.3), init_images=[init], denoising_strength=0.7)
+    _, plain = rig.generate(init_images=[init], denoising_strength=0.7, steps=3)
+    _, regional = rig.generate(omost(sketch=True, sketch_denoise=0.3), init_images=[init], denoising_strength=0.7,
+                               steps=3)
     assert Rig.steps and all(s['hooked'] == 7 for s in Rig.steps)
     # img2img keeps its own init image and denoise (t_enc = int(0.7 * 3) = 2: 3 denoiser calls); the sketch
     # start is for txt2img only
@@ -211,7 +212,7 @@ def test_api_rejects_bad_input_before_sampling(rig, tmp_path):
     for canvas, options, expected in [(h, '', 'Omost canvas') for h in hostile] + [
             ('', '', 'canvas is empty'), ('{"format": "omost-canvas", "version": 1}', '', 'Omost canvas'),
             (SMALL, {'bogus': 1}, 'bogus'), (SMALL, '{"strength": 9}', 'strength'),
-            (SMALL, '{not json', 'not valid JSON')]:
+            (SMALL, '{not json', 'not valid JSON'), (SMALL, {'preset': 'no-such-preset'}, 'no-such-preset')]:
         Rig.steps = []
         with pytest.raises(OmostInputError, match=expected) as info:
             rig.generate([True, canvas, options])
@@ -239,3 +240,14 @@ def test_model_without_cross_attention_is_left_alone(rig, baseline):
     generation.process(p, True, SMALL, '')
     assert not hasattr(p, '_omost_job') and 'Omost' not in p.extra_generation_params
     assert any('no cross-attention' in c for c in p.comments)
+
+
+def test_tag_preset_reaches_the_bags(rig):
+    from lib_omost.presets import get_preset
+    rig.generate(omost(), steps=1)
+    plain_bags = Rig.steps[0]['prompt']
+    rig.generate(omost(preset='pony'), steps=1)
+    pony_bags = Rig.steps[0]['prompt']
+    tags = get_preset('pony').prepend.strip().rstrip(',')
+    assert tags and tags not in plain_bags
+    assert all(bag.startswith(tags) or tags in bag for bag in pony_bags.split(' BREAK '))

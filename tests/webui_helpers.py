@@ -458,7 +458,7 @@ class Rig:
 
     def p(self, omost=None, bare=False, **kwargs):
         from modules import processing
-        args = dict(prompt='a photo <lora:foo:0.5>', negative_prompt='blurry', steps=3, width=64, height=64,
+        args = dict(prompt='a photo <lora:foo:0.5>', negative_prompt='blurry', steps=2, width=64, height=64,
                     cfg_scale=5.0)
         args.update(kwargs)
         cls = processing.StableDiffusionProcessingImg2Img if 'init_images' in args \

@@ -173,9 +173,25 @@ def process(p, enabled, canvas_value, options_value):
     for w in warnings:
         log.info('Omost canvas: %s', w)
     p._omost_job = Job(p=p, canvas=canvas, options=options, forge=is_forge(p), arch=arch, preset=preset)
+    _cleanup_on_close(p)
     p.extra_generation_params[INFOTEXT_ENABLED] = True
     p.extra_generation_params[INFOTEXT_CANVAS] = json.dumps(canvas.to_json(), separators=(',', ':'))
     p.extra_generation_params[INFOTEXT_OPTIONS] = options.to_json()
+
+
+def _cleanup_on_close(p):
+    """Both hosts run every job inside `with closing(p)` (UI and API), also when it fails with an exception,
+    where `postprocess` is skipped: disarm there too, so no hook outlives its job even until the next one."""
+    close = p.close
+
+    def close_and_clean_up():
+        try:
+            if _active is not None and _active.p is p:
+                cleanup()
+        finally:
+            close()
+
+    p.close = close_and_clean_up
 
 
 def process_batch(p):

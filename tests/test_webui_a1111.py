@@ -36,7 +36,7 @@ def test_disabled_is_untouched_and_bit_identical(rig, baseline):
     assert images_equal(res, baseline)
     assert all(step['hooked'] == 0 for step in Rig.steps)  # no hook even during sampling
     assert 'Omost' not in res.infotexts[0]
-    assert not hasattr(p, '_omost_job')
+    assert not hasattr(p, '_omost_job') and 'close' not in vars(p)
 
 
 def test_regions_steer_the_real_unet_and_keep_the_users_prompt(rig, baseline):
@@ -105,11 +105,15 @@ def test_no_trace_after_finished_interrupted_and_failed_generations(rig, baselin
     handle = unet.register_forward_pre_hook(out_of_memory)
     try:
         with pytest.raises(RuntimeError, match='simulated'):
-            rig.generate(omost())
+            rig.generate(omost())  # the host skips postprocess; closing(p) removes the hooks at once
+        assert forward_attributes(unet) == []
+        calls.clear()
+        with pytest.raises(RuntimeError, match='simulated'):
+            rig.generate(omost(), close=False)  # a caller without closing(p): the hooks stay ...
     finally:
         handle.remove()
-    assert forward_attributes(unet)  # the failed job left its hooks (the host skips postprocess) ...
-    assert images_equal(rig.generate()[1], baseline)  # ... and the next generation is clean anyway
+    assert forward_attributes(unet)
+    assert images_equal(rig.generate()[1], baseline)  # ... and the next generation removes them first
     assert forward_attributes(unet) == []
     assert all(torch.equal(v, weights[k]) for k, v in unet.state_dict().items())
 
@@ -235,7 +239,7 @@ def test_model_without_cross_attention_is_left_alone(rig, baseline):
     model = A1111Model(nn.Identity())  # no attn2 anywhere, like Flux / SD3
     flux_like = Rig(model)
     p = flux_like.p(omost())
-    assert not hasattr(p, '_omost_job')
+    assert not hasattr(p, '_omost_job') and 'close' not in vars(p)
     from omost_webui import generation
     generation.process(p, True, SMALL, '')
     assert not hasattr(p, '_omost_job') and 'Omost' not in p.extra_generation_params

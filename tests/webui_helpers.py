@@ -466,12 +466,15 @@ class Rig:
         script_args = list(omost) if omost is not None else [False, '', '']
         return cls(self.model, scripts=self.bare if bare else self.runner, script_args=script_args, **args)
 
-    def generate(self, omost=None, bare=False, **kwargs):
-        """(p, Processed) of one generation; `omost` = the script args [enabled, canvas, options]."""
+    def generate(self, omost=None, bare=False, close=True, **kwargs):
+        """(p, Processed) of one generation; `omost` = the script args [enabled, canvas, options]. Run inside
+        `with closing(p)` as the hosts' txt2img/img2img UI and API do (close=False: a caller that does not)."""
+        import contextlib
         from modules import processing
         Rig.steps = []
         p = self.p(omost, bare, **kwargs)
-        return p, processing.process_images(p)
+        with contextlib.closing(p) if close else contextlib.nullcontext():
+            return p, processing.process_images(p)
 
 
 DRAGON = _read_fixture('dragon_battle.canvas.py')  # Omost's real transcript: 24 bags

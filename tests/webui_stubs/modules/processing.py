@@ -38,6 +38,10 @@ class StableDiffusionProcessing:
         for key, value in kwargs.items():
             setattr(self, key, value)
 
+    def close(self):
+        self.sampler = None
+        self.c = self.uc = None
+
     def comment(self, text):
         self.comments[text] = 1
 

@@ -2,17 +2,18 @@
 
 One run, side by side, round-robin (every repeat times each method once, so load changes hit all of them alike):
   plain  - `scaled_dot_product_attention(q, k, v)` with the same keys (what the host does without regions)
-  ours   - `RegionalAttention.regional` (k scaled per key, one SDPA with a broadcast bool mask; plan cached)
+  ours   - `RegionalAttention.regional` (k scaled per key, one SDPA with a broadcast (N, T) mask; plan cached)
   Omost  - Omost's `OmostCrossAttnProcessor` arithmetic: masks resized and repeated per call, the (B, heads, N, T)
            bool mask and score matrix, multiply, masked_fill, softmax, @ v
 Times are medians in ms (CUDA: wall time; CPU: process CPU time on one thread, so that other jobs on a shared
 machine do not skew the ratios). Peak memory is what one call adds on top of its inputs:
   CUDA - `torch.cuda.max_memory_allocated()` after `reset_peak_memory_stats()`, minus what was allocated before;
-  CPU  - peak resident set size: glibc is told to serve every allocation >= 64 KiB by mmap (so freed tensors leave
-         the process at once), the kernel's peak-RSS counter is reset (/proc/self/clear_refs) and VmHWM read back.
+  CPU  - peak resident set size: after all timings, glibc is told to serve allocations >= 64 KiB by mmap and the
+         heap is trimmed before each call (so no freed memory is reused unseen), the kernel's peak-RSS counter is
+         reset (/proc/self/clear_refs) and VmHWM read back after the call.
          This counts every byte the call touches (torch tensors and kernel scratch alike). Without /proc: n/a.
-Ours also keeps a per-generation plan (the N x T bool mask + T key scales) per layer size and context length,
-built once: the `plan MB` column.
+Ours also keeps a per-generation plan (the N x T additive mask + T key scales) per layer size and context length,
+built once on the first step: the `plan MB` column. Per call, ours allocates the scaled keys and the output.
 Last, one UNet step of a small real ldm UNet with the A1111 hooks armed vs without them (both with an SDPA class
 forward, as A1111's --opt-sdp-attention installs).
 """

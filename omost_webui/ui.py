@@ -216,6 +216,9 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
         return
     finally:
         session.busy = False
+    if session.conversation is not conv:  # "New chat" was pressed while this reply streamed (and stopped it)
+        yield session.conversation.display_history(), keep, keep, status_html('')
+        return
     if upd is None:
         yield conv.display_history(), box_on_error, keep, status_html('The LLM returned nothing.', 'error')
         return
@@ -239,8 +242,9 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
 
 
 def stop_chat(session):
+    # No output of its own: the streaming reply reports "Stopped" when it ends, and a "Stopping..." written
+    # here could arrive after that final update and overwrite it.
     session.stop.set()
-    return status_html('Stopping...')
 
 
 def edit_last(session):
@@ -396,7 +400,7 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
     chat_outputs = [c['chatbot'], c['message'], canvas_text, c['chat_status']]
     c['send'].click(chat('new'), chat_inputs, chat_outputs)
     c['retry'].click(chat('retry'), chat_inputs, chat_outputs)
-    c['stop'].click(stop_chat, [c['session']], [c['chat_status']], queue=False)
+    c['stop'].click(stop_chat, [c['session']], None, queue=False)
     c['edit'].click(edit_last, [c['session']], [c['chatbot'], c['message'], c['chat_status']], queue=False)
     c['new'].click(new_chat, [c['session']], [c['chatbot'], c['chat_status']], queue=False)
     for button, text in zip(c['examples'], EXAMPLES):

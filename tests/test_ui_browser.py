@@ -183,7 +183,7 @@ def test_an_invalid_canvas_shows_the_parse_error(page):
 
 
 def test_stop_keeps_the_partial_reply(page, llm):
-    llm.httpd.script.delay = 0.15  # 40 pieces: 6 s unless stopped
+    llm.httpd.script.delay = 0.25  # 40 pieces: 10 s unless stopped
     try:
         page.click(f'{T}new')  # New chat empties the chat
         page.wait_for_function('sel => !document.querySelector(sel).innerText.includes("Here is the canvas")',
@@ -195,7 +195,7 @@ def test_stop_keeps_the_partial_reply(page, llm):
                                arg=f'{T}chat', timeout=WAIT_MS)
         page.click(f'{T}stop')
         page.wait_for_function('sel => document.querySelector(sel).innerText.includes("Stopped")',
-                               arg=f'{T}chat_status', timeout=3000)
+                               arg=f'{T}chat_status', timeout=8000)
         chat = page.inner_text(f'{T}chat')
         assert 'reply cut off' in chat
         last_description = [line for line in DRAGON.splitlines() if line.startswith('description=')][-1]

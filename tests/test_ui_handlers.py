@@ -221,3 +221,15 @@ def test_model_refresh_lists_the_server_models(llm):
     assert dropdown['choices'] in (['omost-test'], [('omost-test', 'omost-test')]) and dropdown['value'] == 'omost-test'
     dropdown, status = ui.refresh_models(f'http://127.0.0.1:{free_port()}/v1', 'm', '')
     assert is_noop(dropdown) and 'omost-error' in status
+
+
+def test_new_chat_during_a_reply_stops_it_and_wins():
+    with canvas_server(REPLY, chunks=40, delay=0.05) as slow:
+        session = ui.ChatSession()
+        steps = []
+        for step in ui.chat_stream('new', session, 'dragon', 'server', slow.url, '', '', '', True, 1, 0.6, 0.9, 4096):
+            steps.append(step)
+            if len(steps) == 4:
+                assert ui.new_chat(session)[0] == []
+        assert steps[-1][0] == [] and len(steps) < 30
+        assert session.conversation.history == [] and not session.busy

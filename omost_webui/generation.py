@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 
 from lib_omost.canvas import CanvasError, load_canvas
 from lib_omost.options import parse_options
 from lib_omost.presets import get_preset, load_presets
 from omost_webui.host_tokenizer import find_tokenize_line
-
-log = logging.getLogger(__name__)
 
 INFOTEXT_ENABLED = 'Omost'
 INFOTEXT_CANVAS = 'Omost canvas'
@@ -147,7 +144,6 @@ def parse_inputs(canvas_value, options_value, presets_file: str = ''):
 
 
 def process(p, enabled, canvas_value, options_value):
-    global _active
     cleanup()  # a failed earlier job (any tab) may have left hooks behind
     if not enabled:
         return
@@ -170,8 +166,8 @@ def process(p, enabled, canvas_value, options_value):
         if hasattr(p, 'comment'):
             p.comment('Omost: ' + message)
         return
-    for w in warnings:
-        log.info('Omost canvas: %s', w)
+    for w in warnings:  # repairs of the LLM's code: worth a line in the console, not an error
+        print(f'[Omost] canvas: {w}')
     p._omost_job = Job(p=p, canvas=canvas, options=options, forge=is_forge(p), arch=arch, preset=preset)
     _cleanup_on_close(p)
     p.extra_generation_params[INFOTEXT_ENABLED] = True

@@ -202,18 +202,25 @@ def test_empty_message_and_missing_url_are_told_not_sent(llm):
     assert len(chat_bodies(llm)) == n
 
 
-def test_stop_from_another_request_cuts_the_reply():
+def interrupted_chat(action):
+    """Stream a slow reply (40 pieces, 2 s) and call action(session) once three pieces have arrived."""
     with canvas_server(REPLY, chunks=40, delay=0.05) as slow:
         session = ui.ChatSession()
         steps = []
         for step in ui.chat_stream('new', session, 'dragon', 'server', slow.url, '', '', '', True, 1, 0.6, 0.9, 4096):
             steps.append(step)
             if len(steps) == 4:
-                threading.Thread(target=ui.stop_chat, args=(session,)).start()
-        chat, box, canvas, status = steps[-1]
-        assert 'Stopped' in status and len(steps) < 30
-        (user, reply), = session.conversation.turns
-        assert user == 'dragon' and 0 < len(reply) < len(REPLY) and session.conversation.turns[0].partial
+                action(session)
+        assert len(steps) < 30, 'the reply was not interrupted'
+        return session, steps
+
+
+def test_stop_from_another_request_cuts_the_reply():
+    session, steps = interrupted_chat(lambda s: threading.Thread(target=ui.stop_chat, args=(s,)).start())
+    chat, box, canvas, status = steps[-1]
+    assert 'Stopped' in status
+    (user, reply), = session.conversation.turns
+    assert user == 'dragon' and 0 < len(reply) < len(REPLY) and session.conversation.turns[0].partial
 
 
 def test_model_refresh_lists_the_server_models(llm):
@@ -224,12 +231,5 @@ def test_model_refresh_lists_the_server_models(llm):
 
 
 def test_new_chat_during_a_reply_stops_it_and_wins():
-    with canvas_server(REPLY, chunks=40, delay=0.05) as slow:
-        session = ui.ChatSession()
-        steps = []
-        for step in ui.chat_stream('new', session, 'dragon', 'server', slow.url, '', '', '', True, 1, 0.6, 0.9, 4096):
-            steps.append(step)
-            if len(steps) == 4:
-                assert ui.new_chat(session)[0] == []
-        assert steps[-1][0] == [] and len(steps) < 30
-        assert session.conversation.history == [] and not session.busy
+    session, steps = interrupted_chat(ui.new_chat)
+    assert steps[-1][0] == [] and session.conversation.history == [] and not session.busy

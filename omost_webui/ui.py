@@ -424,4 +424,6 @@ def _chat_cache(settings):
     if not data_dir:
         return None
     from lib_omost.llm import ResponseCache
+    if settings.get('cache_bytes'):
+        return ResponseCache(data_dir, max_bytes=settings['cache_bytes'])
     return ResponseCache(data_dir)

@@ -144,11 +144,11 @@ def test_bad_pasted_options_leave_the_controls_and_say_why():
 REPLY = canvas_reply(DRAGON)
 
 
-def run_chat(mode, session, message, url, **kw):
+def run_chat(mode, session, message, url, cache=None, **kw):
     args = dict(kind='server', server_url=url, server_model='', api_key='', local_model='', keep_loaded=True,
                 seed=1, temperature=0.6, top_p=0.9, max_new_tokens=4096)
     args.update(kw)
-    return list(ui.chat_stream(mode, session, message, *args.values()))
+    return list(ui.chat_stream(mode, session, message, *args.values(), cache=cache))
 
 
 @pytest.fixture(scope='module')
@@ -233,3 +233,14 @@ def test_model_refresh_lists_the_server_models(llm):
 def test_new_chat_during_a_reply_stops_it_and_wins():
     session, steps = interrupted_chat(ui.new_chat)
     assert steps[-1][0] == [] and session.conversation.history == [] and not session.busy
+
+
+def test_the_response_cache_in_the_data_folder_answers_a_repeat(llm, tmp_path):
+    cache = ui._chat_cache({'data_dir': str(tmp_path), 'cache_bytes': 1 << 20})
+    assert cache.max_bytes == 1 << 20
+    first = run_chat('new', ui.ChatSession(), 'a dragon battle', llm.url, cache=cache)[-1]
+    n = len(chat_bodies(llm))
+    chat, box, canvas, status = run_chat('new', ui.ChatSession(), 'a dragon battle', llm.url, cache=cache)[-1]
+    assert len(chat_bodies(llm)) == n and 'cache' in status
+    assert chat == first[0] and canvas == first[2] == extract_code(REPLY)
+    assert ui._chat_cache({'data_dir': ''}) is None

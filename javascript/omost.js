@@ -5,7 +5,9 @@
     if (window.omostChatKeys) return;
     window.omostChatKeys = true;
 
-    function chatInput(target) {
+    // The chat textarea the key event is for (composedPath: the real target even inside a shadow root).
+    function chatInput(e) {
+        var target = e.composedPath ? e.composedPath()[0] : e.target;
         if (!target || target.tagName !== 'TEXTAREA' || !target.closest) return null;
         return target.closest('.omost-chat-input');
     }
@@ -22,7 +24,7 @@
     document.addEventListener('keydown', function (e) {
         if (e.key !== 'Enter' || e.shiftKey || e.isComposing || e.keyCode === 229) return;
         if (e.ctrlKey || e.altKey || e.metaKey) return;
-        var box = chatInput(e.target);
+        var box = chatInput(e);
         if (!box) return;
         e.preventDefault();  // no newline, and no keypress for gradio to act on
         e.stopPropagation();
@@ -33,6 +35,6 @@
     // Shift+Enter: gradio submits multi-line textboxes on Shift+Enter in its keypress handler; keep that
     // handler from seeing the event so the browser's default (a new line) happens.
     document.addEventListener('keypress', function (e) {
-        if (e.key === 'Enter' && e.shiftKey && chatInput(e.target)) e.stopPropagation();
+        if (e.key === 'Enter' && e.shiftKey && chatInput(e)) e.stopPropagation();
     }, true);
 })();

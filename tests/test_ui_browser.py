@@ -146,7 +146,9 @@ def test_server_down_shows_the_error_and_keeps_the_message(page, llm):
     dead = f'http://127.0.0.1:{free_port()}/v1'
     url.fill(dead)
     message = box(page, 'txt2img_omost_input')
-    message.fill('change the dragon to a dinosaur')
+    page.click(f'{T}example_1')  # a quick prompt fills the box
+    page.wait_for_function('sel => document.querySelector(sel).value === "change the dragon to a dinosaur"',
+                           arg=f'{T}input textarea', timeout=WAIT_MS)
     message.press('Enter')
     error = page.locator(f'{T}chat_status .omost-error')
     error.wait_for(timeout=WAIT_MS)

@@ -207,9 +207,9 @@ class RegionalAttention:
     def regional(self, q, k, v, cond_rows=None, tiled: bool = True):
         """Attention for q (B, heads, N, d), k/v (B, heads, T, d): rows in cond_rows (None = all; a slice, a
         list or a bool/long tensor of batch rows) regional, the other rows plain."""
-        plan = self.plan_for(q.shape[2], k.shape[2], q.device, q.dtype, tiled)
         rows = _row_selection(cond_rows, q.shape[0])
-        if plan is None or rows is None:
+        plan = None if rows is None else self.plan_for(q.shape[2], k.shape[2], q.device, q.dtype, tiled)
+        if plan is None:
             return F.scaled_dot_product_attention(q, k, v)
         if isinstance(rows, slice) and rows == slice(0, q.shape[0]):
             return attend(q, k, v, plan)

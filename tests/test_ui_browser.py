@@ -126,6 +126,49 @@ def test_enter_sends_and_the_reply_streams_into_chat_canvas_and_preview(page, ll
     assert f'{len(load_canvas(DRAGON).canvas.local_regions)} regions' in status
 
 
+def wait_chat(page, js_condition):
+    page.wait_for_function(f'sel => {{ const text = document.querySelector(sel).innerText; return {js_condition}; }}',
+                           arg=f'{T}chat', timeout=WAIT_MS)
+
+
+def watch_status(page):
+    """Record every text the chat status line shows from now on (window.omostStatus)."""
+    page.evaluate("""sel => { if (window.omostObserver) window.omostObserver.disconnect();
+        window.omostStatus = []; const el = document.querySelector(sel);
+        window.omostObserver = new MutationObserver(() => window.omostStatus.push(el.innerText));
+        window.omostObserver.observe(el, {childList: true, subtree: true, characterData: true}); }""", f'{T}chat_status')
+
+
+def wait_reply_done(page):
+    """A reply started ('Waiting for the LLM...') and finished (the token rate) since watch_status()."""
+    page.wait_for_function("""() => { const s = window.omostStatus, i = s.findIndex(t => t.includes('Waiting'));
+        return i >= 0 && s.slice(i).some(t => t.includes('tokens/s')); }""", timeout=WAIT_MS)
+
+
+def test_retry_and_edit_last(page, llm):
+    last_description = [line for line in DRAGON.splitlines() if line.startswith('description=')][-1]
+    n_requests = len(chat_bodies(llm))
+    watch_status(page)
+    page.click(f'{T}retry')
+    wait_reply_done(page)
+    wait_chat(page, f'text.split({json.dumps(PROMPT)}).length === 2 && text.includes({json.dumps(last_description)})')
+    assert len(chat_bodies(llm)) == n_requests + 1
+    assert chat_bodies(llm)[-1]['messages'][-1] == {'role': 'user', 'content': PROMPT}
+    page.click(f'{T}edit')
+    message = box(page, 'txt2img_omost_input')
+    page.wait_for_function('([sel, text]) => document.querySelector(sel).value === text',
+                           arg=[f'{T}input textarea', PROMPT], timeout=WAIT_MS)
+    wait_chat(page, f'!text.includes({json.dumps(PROMPT)})')
+    message.fill('a dragon battle at night')
+    watch_status(page)
+    message.press('Enter')
+    wait_reply_done(page)
+    wait_chat(page, f'text.includes("a dragon battle at night") && text.includes({json.dumps(last_description)})')
+    assert PROMPT not in page.inner_text(f'{T}chat')
+    sent = chat_bodies(llm)[-1]['messages']
+    assert sent[-1] == {'role': 'user', 'content': 'a dragon battle at night'} and len(sent) == 2
+
+
 def test_shift_enter_is_a_new_line_and_sends_nothing(page, llm):
     n_requests = len(chat_bodies(llm))
     message = box(page, 'txt2img_omost_input')

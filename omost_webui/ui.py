@@ -165,11 +165,7 @@ def _finished_status(upd) -> str:
         parts.append('Answered from the response cache.')
     elif upd.tokens:
         parts.append(f'{upd.tokens} tokens, {upd.tokens_per_s:.1f} tokens/s.')
-    if upd.finish == 'length':
-        parts.append('The reply hit the token limit.')
-    elif upd.finish == 'cancelled':
-        parts.append('Stopped.')
-    return ' '.join(parts)
+    return ' '.join(parts)  # the engine's notice already says when a reply was stopped or cut
 
 
 def chat_stream(mode, session, message, kind, server_url, server_model, api_key, local_model, keep_loaded,

@@ -244,3 +244,22 @@ def test_the_response_cache_in_the_data_folder_answers_a_repeat(llm, tmp_path):
     assert len(chat_bodies(llm)) == n and 'cache' in status
     assert chat == first[0] and canvas == first[2] == extract_code(REPLY)
     assert ui._chat_cache({'data_dir': ''}) is None
+
+
+def test_local_backend_streams_and_is_reused_until_the_model_changes(tmp_path):
+    from conftest import FIXTURES
+    from llm_helpers import build_tiny_llama, corpus_texts
+    folder = build_tiny_llama(str(tmp_path / 'tiny'), corpus_texts(FIXTURES), eos=False)
+    session = ui.ChatSession()
+    steps = run_chat('new', session, 'a cat on a sofa', '', kind='local', local_model=folder, max_new_tokens=12)
+    chat, box, canvas, status = steps[-1]
+    (user, reply), = chat
+    assert user == 'a cat on a sofa' and reply and len(steps) > 3
+    assert is_noop(canvas) and 'cut at 12 new tokens' in status  # random weights write no canvas
+    backend = ui.make_backend('local', '', '', '', folder, '', True)
+    assert backend.model is not None  # kept loaded for the next reply, and reused
+    assert ui.make_backend('local', '', '', '', folder, '', True) is backend
+    other = ui.make_backend('local', '', '', '', str(tmp_path / 'elsewhere'), '', True)
+    assert other is not backend and backend.model is None  # switching models frees the previous one
+    chat, box, canvas, status = run_chat('new', session, 'again', '', kind='local', local_model='')[-1]
+    assert box == 'again' and 'Choose a local Omost model' in status

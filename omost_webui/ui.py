@@ -204,11 +204,11 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
             status = status_html(upd.notice) if upd.notice else keep
             yield base + [(message, upd.text)], keep, keep, status
     except ChatError as e:
-        yield conv.display_history(), box_on_error, keep, status_html(str(e), 'error')
+        yield _unanswered(conv, mode), box_on_error, keep, status_html(str(e), 'error')
         return
     except Exception as e:  # a bug or an unexpected backend failure: say so, keep the user's text
         log.exception('Omost chat failed')
-        yield conv.display_history(), box_on_error, keep, status_html(f'{type(e).__name__}: {e}', 'error')
+        yield _unanswered(conv, mode), box_on_error, keep, status_html(f'{type(e).__name__}: {e}', 'error')
         return
     finally:
         session.busy = False
@@ -216,18 +216,18 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
         yield session.conversation.display_history(), keep, keep, status_html('')
         return
     if upd is None:
-        yield conv.display_history(), box_on_error, keep, status_html('The LLM returned nothing.', 'error')
+        yield _unanswered(conv, mode), box_on_error, keep, status_html('The LLM returned nothing.', 'error')
+        return
+    if upd.error and not upd.text:  # nothing came back: the message returns to the input box, no dead turn
+        if mode == 'new' and conv.turns and conv.turns[-1].user == message and not conv.turns[-1].assistant:
+            conv.turns.pop()
+        yield _unanswered(conv, mode), box_on_error, keep, status_html(upd.error, 'error')
         return
     session.editing = False
-    if upd.error:
-        box = keep
-        if not upd.text:  # nothing came back: the message returns to the input box instead of a dead turn
-            box = box_on_error
-            if mode == 'new' and conv.turns and conv.turns[-1].user == message and not conv.turns[-1].assistant:
-                conv.turns.pop()
-        yield conv.display_history(), box, keep, status_html(upd.error, 'error')
-        return
     history = conv.display_history()
+    if upd.error:  # cut by an error; the partial reply is kept in the chat with the message
+        yield history, keep, keep, status_html(upd.error, 'error')
+        return
     canvas = keep
     try:  # a stopped or cut reply may still hold a usable (repaired) canvas; the preview shows the repairs
         load_canvas(upd.text)
@@ -235,6 +235,12 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
     except CanvasError:
         pass  # the engine's notice already says the reply has no canvas
     yield history, keep, canvas, status_html(_finished_status(upd), 'ok')
+
+
+def _unanswered(conv, mode) -> list:
+    """The chat after a reply failed before any text: an edit stays in progress (its old turn hidden)."""
+    history = conv.display_history()
+    return history[:-1] if mode == 'edit' else history
 
 
 def stop_chat(session):

@@ -263,3 +263,15 @@ def test_local_backend_streams_and_is_reused_until_the_model_changes(tmp_path):
     assert other is not backend and backend.model is None  # switching models frees the previous one
     chat, box, canvas, status = run_chat('new', session, 'again', '', kind='local', local_model='')[-1]
     assert box == 'again' and 'Choose a local Omost model' in status
+
+
+def test_a_failed_edit_stays_an_edit(llm):
+    session = ui.ChatSession()
+    run_chat('new', session, 'first', llm.url)
+    ui.edit_last(session)
+    dead = f'http://127.0.0.1:{free_port()}/v1'
+    chat, box, canvas, status = run_chat('new', session, 'first, edited', dead)[-1]
+    assert box == 'first, edited' and chat == [] and session.editing and 'omost-error' in status
+    assert session.conversation.history == [('first', REPLY)]  # the old turn is back in the conversation
+    chat, box, canvas, status = run_chat('new', session, 'first, edited', llm.url)[-1]
+    assert chat == [('first, edited', REPLY)] and not session.editing

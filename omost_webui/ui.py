@@ -146,11 +146,11 @@ def make_backend(kind, server_url, server_model, api_key, local_model, models_di
     return ServerBackend(server_url.strip(), (server_model or '').strip(), api_key=(api_key or None))
 
 
-def refresh_models(server_url, server_model, api_key):
+def refresh_models(server_url, server_model, api_key, saved_api_key=''):
     """(model dropdown update, status HTML) from the server's /v1/models."""
     from lib_omost.llm import ChatError, ServerBackend
     try:
-        models = ServerBackend((server_url or '').strip(), '', api_key=api_key or None).list_models()
+        models = ServerBackend((server_url or '').strip(), '', api_key=api_key or saved_api_key or None).list_models()
     except ChatError as e:
         return gr.update(), status_html(str(e), 'error')
     value = server_model if server_model in models else (models[0] if models else server_model)
@@ -169,8 +169,10 @@ def _finished_status(upd) -> str:
 
 
 def chat_stream(mode, session, message, kind, server_url, server_model, api_key, local_model, keep_loaded,
-                seed, temperature, top_p, max_new_tokens, *, models_dir='', system_prompt='', cache=None):
-    """Generator of (chatbot, input box, canvas text, status) for Send ('new'/'edit') and Retry ('retry')."""
+                seed, temperature, top_p, max_new_tokens, *, models_dir='', system_prompt='', cache=None,
+                saved_api_key=''):
+    """Generator of (chatbot, input box, canvas text, status) for Send ('new'/'edit') and Retry ('retry').
+    An empty API key box means the key saved in the settings."""
     from lib_omost.llm import ChatError, ChatParams, stream_reply
     keep = gr.update()
     conv = session.conversation
@@ -194,7 +196,8 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
     upd = None
     try:
         yield base + [(message, '')], ('' if mode != 'retry' else keep), keep, status_html('Waiting for the LLM...')
-        backend = make_backend(kind, server_url, server_model, api_key, local_model, models_dir, keep_loaded)
+        backend = make_backend(kind, server_url, server_model, api_key or saved_api_key, local_model, models_dir,
+                               keep_loaded)
         params = ChatParams(seed=int(seed), temperature=float(temperature), top_p=float(top_p),
                             max_new_tokens=int(max_new_tokens))
         for upd in stream_reply(backend, conv, message, params, session.stop, system_prompt=system_prompt or None,
@@ -320,8 +323,10 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                                                             elem_id=elem_id('omost_server_model'))
                             c['refresh_models'] = gr.Button('Refresh', size='sm',
                                                             elem_id=elem_id('omost_refresh_models'))
-                        c['api_key'] = gr.Textbox(settings.get('api_key', ''), type='password', label='API key',
-                                                  elem_id=elem_id('omost_api_key'))
+                        # Empty by default so the WebUI's ui-config.json never records the saved key.
+                        c['api_key'] = gr.Textbox('', type='password', label='API key',
+                                                  elem_id=elem_id('omost_api_key'), placeholder='(the key saved in Settings > Omost)'
+                                                  if settings.get('api_key') else 'none')
                     with gr.Group(visible=backend_kind == 'local', elem_id=elem_id('omost_local_group')) as lg:
                         local = settings.get('local_model') or DEFAULT_MODEL
                         c['local_model'] = gr.Dropdown(local_models, value=local, allow_custom_value=True,
@@ -391,10 +396,13 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                         queue=False)
 
     # Chat
+    saved_api_key = settings.get('api_key') or ''
+
     def chat(mode):
         def run(*args):
             yield from chat_stream(mode, *args, models_dir=settings.get('models_dir') or '',
-                                   system_prompt=settings.get('system_prompt') or '', cache=_chat_cache(settings))
+                                   system_prompt=settings.get('system_prompt') or '', cache=_chat_cache(settings),
+                                   saved_api_key=saved_api_key)
         return run
 
     chat_inputs = [c['session'], c['message'], c['backend'], c['server_url'], c['server_model'], c['api_key'],
@@ -407,7 +415,8 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
     c['new'].click(new_chat, [c['session']], [c['chatbot'], c['chat_status']], queue=False)
     for button, text in zip(c['examples'], EXAMPLES):
         button.click(lambda t=text: t, None, [c['message']], queue=False)
-    c['refresh_models'].click(refresh_models, [c['server_url'], c['server_model'], c['api_key']],
+    c['refresh_models'].click(lambda *args: refresh_models(*args, saved_api_key=saved_api_key),
+                              [c['server_url'], c['server_model'], c['api_key']],
                               [c['server_model'], c['chat_status']])
     c['backend'].change(lambda kind: (gr.update(visible=kind == 'server'), gr.update(visible=kind == 'local')),
                         [c['backend']], [sg, lg], queue=False)

@@ -144,11 +144,11 @@ def test_bad_pasted_options_leave_the_controls_and_say_why():
 REPLY = canvas_reply(DRAGON)
 
 
-def run_chat(mode, session, message, url, cache=None, **kw):
+def run_chat(mode, session, message, url, cache=None, saved_api_key='', **kw):
     args = dict(kind='server', server_url=url, server_model='', api_key='', local_model='', keep_loaded=True,
                 seed=1, temperature=0.6, top_p=0.9, max_new_tokens=4096)
     args.update(kw)
-    return list(ui.chat_stream(mode, session, message, *args.values(), cache=cache))
+    return list(ui.chat_stream(mode, session, message, *args.values(), cache=cache, saved_api_key=saved_api_key))
 
 
 @pytest.fixture(scope='module')
@@ -275,3 +275,14 @@ def test_a_failed_edit_stays_an_edit(llm):
     assert session.conversation.history == [('first', REPLY)]  # the old turn is back in the conversation
     chat, box, canvas, status = run_chat('new', session, 'first, edited', llm.url)[-1]
     assert chat == [('first, edited', REPLY)] and not session.editing
+
+
+def test_an_empty_key_box_uses_the_saved_key_and_a_typed_key_wins(llm):
+    def last_auth():
+        return [headers.get('Authorization') for method, path, headers, body in llm.requests][-1]
+    run_chat('new', ui.ChatSession(), 'hi', llm.url, saved_api_key='saved-key')
+    assert last_auth() == 'Bearer saved-key'
+    run_chat('new', ui.ChatSession(), 'hi', llm.url, saved_api_key='saved-key', api_key='typed-key')
+    assert last_auth() == 'Bearer typed-key'
+    ui.refresh_models(llm.url, '', '', saved_api_key='saved-key')
+    assert last_auth() == 'Bearer saved-key'

@@ -28,6 +28,7 @@ EXAMPLES = (  # Omost's own quick prompts
     'generate an image of the fierce battle of warriors and a dragon',
     'change the dragon to a dinosaur',
 )
+NO_CANVAS = 'No canvas yet: chat with the LLM, or paste Canvas code (or canvas JSON) under "Canvas code".'
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(RenderOptions))  # order of the option controls
 
 
@@ -73,7 +74,7 @@ def render_preview(canvas_text: str, width=1024, height=1024):
     from lib_omost.sketch import overlay_preview
     text = canvas_text or ''
     if not text.strip():
-        return None, status_html('No canvas yet: chat with the LLM or paste Canvas code here.'), gr.update()
+        return None, status_html(NO_CANVAS), gr.update()
     try:
         result = load_canvas(text)
     except CanvasError as e:
@@ -345,7 +346,7 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
             with gr.Column(scale=2, min_width=280, elem_id=elem_id('omost_canvas_column')):
                 c['preview'] = gr.Image(None, type='pil', interactive=False, label='Regions', height=PREVIEW_SIDE,
                                         elem_id=elem_id('omost_preview'))
-                c['preview_status'] = gr.HTML('', elem_id=elem_id('omost_preview_status'))
+                c['preview_status'] = gr.HTML(status_html(NO_CANVAS), elem_id=elem_id('omost_preview_status'))
                 with gr.Accordion('Canvas code', open=False, elem_id=elem_id('omost_canvas_accordion')):
                     canvas_text = gr.Code('', language='python', interactive=True, lines=12, label='Canvas',
                                           elem_id=elem_id('omost_canvas'))

@@ -40,6 +40,15 @@ def test_chatbot_round_trip_drops_images_and_keeps_marks():
     assert back.history == conv.history and [t.partial for t in back.turns] == [False, True]
 
 
+def test_reply_cut_inside_its_code_block_is_closed_before_the_mark():
+    cut = 'Here:\n```python\ncanvas = Canvas()\ncanvas.set_global_'
+    conv = Conversation([Turn('a', cut, partial=True)])
+    shown = conv.display_history()[0][1]
+    assert shown.count('```') % 2 == 0 and shown.endswith('```\n\n*(reply cut off)*')
+    back = Conversation.from_history(conv.display_history())
+    assert back.turns[0].assistant == cut and back.turns[0].partial
+
+
 def test_incremental_decoding_equals_whole_decoding():
     pytest.importorskip('transformers')
     from lib_omost.llm.local import IncrementalDecoder

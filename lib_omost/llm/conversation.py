@@ -79,6 +79,21 @@ class Turn:
 
 
 PARTIAL_MARK = '\n\n*(reply cut off)*'
+_CLOSE_FENCE = '\n```'  # a reply cut inside its code block: close the block so the mark is not shown as code
+
+
+def _marked(reply: str) -> str:
+    return reply + (_CLOSE_FENCE if reply.count('```') % 2 else '') + PARTIAL_MARK
+
+
+def _unmarked(shown: str) -> tuple:
+    """(reply, partial) from a chat text that may carry our mark."""
+    if not shown.endswith(PARTIAL_MARK):
+        return shown, False
+    reply = shown[:-len(PARTIAL_MARK)]
+    if reply.endswith(_CLOSE_FENCE) and reply[:-len(_CLOSE_FENCE)].count('```') % 2:
+        reply = reply[:-len(_CLOSE_FENCE)]
+    return reply, True
 
 
 class Conversation:
@@ -93,8 +108,7 @@ class Conversation:
             if not isinstance(user, str):
                 continue  # images and files the UI appended to the chat
             assistant = assistant if isinstance(assistant, str) else ''
-            partial = assistant.endswith(PARTIAL_MARK)
-            turns.append(Turn(user, assistant[:-len(PARTIAL_MARK)] if partial else assistant, partial))
+            turns.append(Turn(user, *_unmarked(assistant)))
         return cls(turns)
 
     @property
@@ -104,7 +118,7 @@ class Conversation:
 
     def display_history(self) -> list:
         """Like `history`, with cut-off replies marked (`from_history` strips the mark again)."""
-        return [(t.user, t.assistant + (PARTIAL_MARK if t.partial and t.assistant else '')) for t in self.turns]
+        return [(t.user, _marked(t.assistant) if t.partial and t.assistant else t.assistant) for t in self.turns]
 
     @property
     def last_reply(self) -> str:

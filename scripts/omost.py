@@ -24,10 +24,19 @@ class Script(scripts.Script):
     def show(self, is_img2img):
         return scripts.AlwaysVisible
 
+    def after_component(self, component, **kwargs):
+        # The tab's width/height sliders are built before the scripts: catch them so the region preview takes the
+        # image's aspect ratio.
+        elem_id = kwargs.get('elem_id') or ''
+        if elem_id.endswith(('2img_width', '2img_height')):
+            self.__dict__.setdefault('_size', {})[elem_id.rsplit('_', 1)[1]] = component
+
     def ui(self, is_img2img):
         from modules.ui_components import InputAccordion
         from omost_webui.ui import build_ui
-        ui = build_ui(is_img2img, self.elem_id, accordion_cls=InputAccordion, settings=settings.current())
+        size = self.__dict__.get('_size', {})
+        ui = build_ui(is_img2img, self.elem_id, accordion_cls=InputAccordion, settings=settings.current(),
+                      image_size=(size['width'], size['height']) if len(size) == 2 else None)
         self.infotext_fields = ui.infotext_fields
         self.paste_field_names = ui.paste_field_names
         return ui.inputs

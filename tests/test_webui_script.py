@@ -41,6 +41,24 @@ def test_ui_is_built_per_tab_and_again_for_api_defaults(script_module):
     assert ids[0] != ids[1] and ids[0] == ids[2]  # unique per tab, stable across rebuilds
 
 
+def test_preview_follows_the_tabs_image_size_sliders(script_module):
+    import gradio as gr
+    script = script_module.Script()
+    script.is_img2img = False
+    with gr.Blocks() as demo:
+        width = gr.Slider(64, 2048, 896, elem_id='txt2img_width')
+        height = gr.Slider(64, 2048, 1152, elem_id='txt2img_height')
+        other = gr.Slider(1, 150, 20, elem_id='txt2img_steps')
+        for component in (width, height, other):
+            script.after_component(component, elem_id=component.elem_id)
+        inputs = script.ui(False)
+    canvas_id = inputs[1]._id
+    deps = demo.config['dependencies']
+    # the canvas box and both sliders re-render the preview with the canvas text and the image size
+    assert len([d for d in deps if d['inputs'] == [canvas_id, width._id, height._id]]) == 3
+    assert not any(other._id in d['inputs'] for d in demo.config['dependencies'])
+
+
 def test_settings_section_with_command_line_defaults(script_module):
     from modules import script_callbacks, shared
     from omost_webui import settings

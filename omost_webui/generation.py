@@ -149,8 +149,7 @@ def process(p, enabled, canvas_value, options_value):
         return
     from omost_webui import settings
     try:
-        canvas, warnings, options, preset = parse_inputs(canvas_value, options_value,
-                                                         settings.get('omost_presets_file', ''))
+        canvas, warnings, options, preset = parse_inputs(canvas_value, options_value, settings.presets_path())
     except OmostInputError as e:
         refuse(p, e)
         return

@@ -22,10 +22,63 @@ def default_models_dir() -> str:
     return _cmd('omost_models_dir', os.path.join(paths.models_path, 'omost'))
 
 
-def data_dir() -> str:
-    """Where the response cache lives: next to the models, never inside the extension folder."""
+def data_root() -> str:
+    """The extension's data folder (user presets, response cache): in the WebUI's data folder, so it survives
+    reinstalling or updating the extension."""
     from modules import paths
-    return os.path.join(getattr(paths, 'data_path', paths.models_path), 'cache', 'omost')
+    return os.path.join(getattr(paths, 'data_path', paths.models_path), 'omost')
+
+
+def data_dir() -> str:
+    """Where the LLM response cache lives."""
+    return os.path.join(data_root(), 'llm-cache')
+
+
+def presets_path() -> str:
+    return get('omost_presets_file', '') or os.path.join(data_root(), 'presets.json')
+
+
+EXAMPLE_PRESETS = """{
+  "format": "omost-presets",
+  "version": 1,
+  "presets": {
+    "my-anime": {
+      "description": "An example: the anime preset plus a quality tag. Edit or add presets here.",
+      "extends": "anime",
+      "replace": [["a cat", "1cat"]],
+      "prepend": "masterpiece,",
+      "append": ""
+    }
+  }
+}
+"""
+
+
+def _presets_text() -> str:
+    try:
+        with open(presets_path(), 'r', encoding='utf-8') as f:
+            return f.read()
+    except OSError:
+        return EXAMPLE_PRESETS
+
+
+def save_presets_text():
+    """Settings `onchange`: validate the edited presets and write them to the presets file (the file is what
+    generation reads). Invalid presets raise: the WebUI shows the message and keeps the old setting and file."""
+    from lib_omost.canvas import CanvasError
+    from lib_omost.presets import load_presets
+    text = get('omost_presets_json', '') or ''
+    path = presets_path()
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    candidate = path + '.new'
+    with open(candidate, 'w', encoding='utf-8') as f:
+        f.write(text)
+    try:
+        load_presets(candidate)
+    except CanvasError as e:
+        os.remove(candidate)
+        raise CanvasError(f'tag presets not saved: {e}'.replace(candidate, path)) from None
+    os.replace(candidate, path)
 
 
 def _options():
@@ -40,7 +93,11 @@ def _options():
         ('omost_local_model', '', 'Default local model (folder name or Hugging Face id)', 'Textbox', {}, {}),
         ('omost_keep_loaded', True, 'Keep the local LLM loaded between replies (off: unload after each reply to '
          'free memory for the image model)', 'Checkbox', {}, {}),
-        ('omost_presets_file', '', 'Tag presets file (JSON; empty: built-in presets)', 'Textbox', {}, {}),
+        ('omost_presets_file', '', 'Tag presets file (empty: presets.json in the WebUI data folder, under omost/)',
+         'Textbox', {}, {}),
+        ('omost_presets_json', _presets_text(), 'Your tag presets (JSON, see the README; saved to the presets file '
+         'and added to the built-in none/anime/pony/illustrious)', 'Textbox', {'lines': 10},
+         {'onchange': save_presets_text}),
         ('omost_system_prompt', '', "System prompt override (empty: Omost's own)", 'Textbox', {'lines': 4}, {}),
         ('omost_cache_mb', 64, 'LLM response cache size (MB; 0 turns the cache off)', 'Number',
          {'precision': 0, 'minimum': 0}, {}),
@@ -86,4 +143,8 @@ def preset_names() -> list:
         from lib_omost import presets
     except ImportError:
         return []
-    return list(presets.load_presets(get('omost_presets_file', '') or None))
+    try:
+        return list(presets.load_presets(presets_path()))
+    except Exception as e:  # noqa: BLE001 - a broken user file must not break the UI; generation reports it
+        print(f'[Omost] {e}')
+        return list(presets.load_presets())

@@ -91,6 +91,26 @@ def test_settings_section_with_command_line_defaults(script_module):
     assert settings.default_models_dir() == os.path.join(paths.models_path, 'omost')
 
 
+def test_tag_presets_are_edited_in_the_settings_and_kept_in_the_data_folder(script_module, tmp_path):
+    from modules import script_callbacks, shared
+    from omost_webui import settings
+    path = tmp_path / 'omost' / 'presets.json'
+    script_callbacks.ui_settings_callback()
+    try:
+        shared.opts.omost_presets_file = str(path)
+        mine = settings.EXAMPLE_PRESETS.replace('my-anime', 'my-style')
+        assert shared.opts.set('omost_presets_json', mine)
+        assert path.read_text() == mine and 'my-style' in settings.current()['presets']
+        assert 'pony' in settings.current()['presets']  # the built-in ones stay
+        assert not shared.opts.set('omost_presets_json', '{"format": "omost-presets", "version": 1, "presets": 5}')
+        assert path.read_text() == mine and shared.opts.omost_presets_json == mine  # refused: nothing changed
+    finally:
+        for key in list(shared.opts.data_labels):
+            if key.startswith('omost_'):
+                shared.opts.data_labels.pop(key)
+                shared.opts.data.pop(key, None)
+
+
 def test_install_only_adds_what_is_missing_and_never_the_pinned_packages(monkeypatch):
     calls = []
     monkeypatch.setitem(sys.modules, 'launch', types.SimpleNamespace(

@@ -8,6 +8,7 @@ class OptionInfo:
                  category_id=None):
         self.default, self.label, self.component, self.component_args = default, label, component, component_args
         self.section, self.restrict_api, self.infotext = section, restrict_api, infotext
+        self.onchange = onchange
 
 
 class Options:
@@ -23,7 +24,22 @@ class Options:
         return self.data_labels[key].default
 
     def set(self, key, value, is_api=False, run_callbacks=True):
+        # as modules/options.py: a failing onchange is reported and the old value restored
+        old = self.data.get(key)
+        if old == value:
+            return False
+        option = self.data_labels[key]
+        if is_api and option.restrict_api:
+            return False
         self.data[key] = value
+        if run_callbacks and option.onchange is not None:
+            try:
+                option.onchange()
+            except Exception as e:  # noqa: BLE001
+                print(f'*** Error changing setting {key}: {e}')
+                self.data[key] = old
+                return False
+        return True
 
     def __getattr__(self, item):
         if item in self.data:

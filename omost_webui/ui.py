@@ -343,6 +343,8 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                         c['top_p'] = gr.Slider(0.0, 1.0, 0.9, step=0.01, label='Top-p', elem_id=elem_id('omost_top_p'))
                         c['max_new_tokens'] = gr.Slider(128, 8192, 4096, step=1, label='Max new tokens',
                                                         elem_id=elem_id('omost_max_new_tokens'))
+                    c['clear_cache'] = gr.Button('Clear response cache', size='sm',
+                                                 elem_id=elem_id('omost_clear_cache'))
             with gr.Column(scale=2, min_width=280, elem_id=elem_id('omost_canvas_column')):
                 c['preview'] = gr.Image(None, type='pil', interactive=False, label='Regions', height=PREVIEW_SIDE,
                                         elem_id=elem_id('omost_preview'))
@@ -419,6 +421,7 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
     c['refresh_models'].click(lambda *args: refresh_models(*args, saved_api_key=saved_api_key),
                               [c['server_url'], c['server_model'], c['api_key']],
                               [c['server_model'], c['chat_status']])
+    c['clear_cache'].click(lambda: clear_cache(settings), None, [c['chat_status']], queue=False)
     c['backend'].change(lambda kind: (gr.update(visible=kind == 'server'), gr.update(visible=kind == 'local')),
                         [c['backend']], [sg, lg], queue=False)
 
@@ -428,6 +431,14 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
         paste_field_names=['Omost', 'Omost canvas', 'Omost options'],
         components=c,
     )
+
+
+def clear_cache(settings) -> str:
+    cache = _chat_cache(settings)
+    if cache is None:
+        return status_html('The response cache is off (Settings > Omost).')
+    removed = cache.clear()
+    return status_html(f'Response cache cleared ({removed} stored repl{"y" if removed == 1 else "ies"} removed).')
 
 
 def _chat_cache(settings):

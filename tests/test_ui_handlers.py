@@ -244,6 +244,11 @@ def test_the_response_cache_in_the_data_folder_answers_a_repeat(llm, tmp_path):
     assert len(chat_bodies(llm)) == n and 'cache' in status
     assert chat == first[0] and canvas == first[2] == extract_code(REPLY)
     assert ui._chat_cache({'data_dir': ''}) is None
+    settings = {'data_dir': str(tmp_path), 'cache_bytes': 1 << 20}
+    assert '1 stored reply removed' in ui.clear_cache(settings)
+    run_chat('new', ui.ChatSession(), 'a dragon battle', llm.url, cache=cache)
+    assert len(chat_bodies(llm)) == n + 1  # asked the server again
+    assert 'cache is off' in ui.clear_cache({'data_dir': ''})
 
 
 def test_local_backend_streams_and_is_reused_until_the_model_changes(tmp_path):

@@ -41,7 +41,7 @@ OMOST_MODELS = {m.repo_id: m for m in (
 )}
 DEFAULT_MODEL = 'lllyasviel/omost-llama-3-8b-4bits'
 
-WEIGHT_PATTERNS = ['*.json', '*.safetensors', '*.model', '*.txt', '*.jinja', '*.py']
+WEIGHT_PATTERNS = ['*.json', '*.safetensors', '*.model', '*.txt', '*.jinja']  # no code: remote code never runs
 
 
 def catalogue_entry(name: str) -> ModelInfo | None:

@@ -249,7 +249,7 @@ def region_bags(prefixes: list, suffixes: list, counter: Counter, *, preset: Pre
     if extras > EXTRAS_MAX_TOKENS:
         raise CanvasError(f'the tag preset and the prompt box text take {extras} tokens in every bag of the '
                           f'{where}; at most {EXTRAS_MAX_TOKENS} fit next to Omost\'s descriptions: shorten the '
-                          f'prompt box text or send it to the global region only')
+                          f'prompt box text (its <lora:...> tags do not count) or choose a preset with fewer tags')
     head = [_Piece(preset.apply(t)) for t in prefixes]
     if not fitter.fits(before + head + after):
         head = _crop_head(fitter, before, head, after)

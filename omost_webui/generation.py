@@ -167,7 +167,14 @@ def process(p, enabled, canvas_value, options_value):
         return
     for w in warnings:  # repairs of the LLM's code: worth a line in the console, not an error
         print(f'[Omost] canvas: {w}')
-    p._omost_job = Job(p=p, canvas=canvas, options=options, forge=is_forge(p), arch=arch, preset=preset)
+    job = Job(p=p, canvas=canvas, options=options, forge=is_forge(p), arch=arch, preset=preset)
+    from omost_webui.prompt_rewrite import check
+    try:
+        check(p, job)
+    except CanvasError as e:
+        refuse(p, OmostInputError(f'Omost: {e}'))
+        return
+    p._omost_job = job
     _cleanup_on_close(p)
     p.extra_generation_params[INFOTEXT_ENABLED] = True
     p.extra_generation_params[INFOTEXT_CANVAS] = json.dumps(canvas.to_json(), separators=(',', ':'))

@@ -3,6 +3,21 @@
 from __future__ import annotations
 
 
+def check(p, job):
+    """Build the bags of every distinct prompt of the job once, in `process`, so that a problem (the prompt box
+    text too long for the bags, a broken preset) refuses the job with its message instead of failing later in
+    `process_batch`, where the hosts would only log it and generate without regions."""
+    from lib_omost.prompts import build_host_prompt
+    from omost_webui.host_tokenizer import host_counter
+    counter, chunk_count = host_counter(p.sd_model)
+    prompts = list(getattr(p, 'all_prompts', None) or [])
+    if getattr(p, 'enable_hr', False):
+        prompts += list(getattr(p, 'all_hr_prompts', None) or [])
+    for user_text in dict.fromkeys(prompts):
+        build_host_prompt(job.canvas, counter, preset=job.preset, user_text=user_text,
+                          user_target=job.options.prompt_target, chunk_count=chunk_count)
+
+
 def rewrite(p, job, prompts: list):
     """Replace each prompt of the batch, in place, with its bags text.
 

@@ -226,6 +226,18 @@ def test_api_rejects_bad_input_before_sampling(rig, tmp_path):
     assert forward_attributes(rig.model.model.diffusion_model) == []
 
 
+def test_prompt_box_too_long_for_the_bags_is_refused_with_its_reason(rig):
+    from omost_webui.generation import OmostInputError
+    quality = ', '.join(['masterpiece', 'best quality', 'highly detailed', 'sharp focus', 'dramatic lighting',
+                         'intricate', 'cinematic', 'award winning photograph', 'volumetric light', 'film grain'])
+    Rig.steps = []
+    with pytest.raises(OmostInputError, match='shorten') as info:
+        rig.generate(omost(preset='pony'), prompt=quality + ' <lora:x:1>')
+    assert info.value.status_code == 422 and Rig.steps == []
+    p, res = rig.generate(omost(preset='none'), prompt=quality + ' <lora:x:1>', steps=1)
+    assert len(res.images) == 1  # the same text fits without the preset's tags
+
+
 def test_different_prompts_in_one_batch_fall_back_to_plain_attention(rig, capsys):
     long = 'a very long and different prompt about castles, towers, knights, banners, moats and ' * 2
     p, res = rig.generate(omost(DRAGON), prompt=['dragon', long], batch_size=2, steps=1)

@@ -89,7 +89,6 @@ def _options():
         ('omost_server_url', _cmd('omost_server_url'), 'Default LLM server base URL (OpenAI-compatible, e.g. '
          'http://127.0.0.1:8080/v1)', 'Textbox', {}, {}),
         ('omost_server_model', _cmd('omost_model'), 'Default model name on the LLM server', 'Textbox', {}, {}),
-        ('omost_api_key', '', 'API key for the LLM server', 'Textbox', {'type': 'password'}, {'restrict_api': True}),
         ('omost_local_model', '', 'Default local model (folder name or Hugging Face id)', 'Textbox', {}, {}),
         ('omost_keep_loaded', True, 'Keep the local LLM loaded between replies (off: unload after each reply to '
          'free memory for the image model)', 'Checkbox', {}, {}),
@@ -125,7 +124,8 @@ def current() -> dict:
     return dict(
         server_url=get('omost_server_url', '') or _cmd('omost_server_url'),
         server_model=get('omost_server_model', '') or _cmd('omost_model'),
-        api_key=get('omost_api_key', ''),
+        # Never a WebUI setting: /sdapi/v1/options and sysinfo dumps show every setting.
+        api_key=_cmd('omost_api_key') or os.environ.get('OMOST_API_KEY', ''),
         backend=get('omost_backend', 'server') if get('omost_backend') in BACKENDS else 'server',
         local_model=get('omost_local_model', ''),
         models_dir=get('omost_models_dir', '') or default_models_dir(),

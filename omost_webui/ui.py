@@ -147,11 +147,28 @@ def make_backend(kind, server_url, server_model, api_key, local_model, models_di
     return ServerBackend(server_url.strip(), (server_model or '').strip(), api_key=(api_key or None))
 
 
-def refresh_models(server_url, server_model, api_key, saved_api_key=''):
+def _same_server(a: str, b: str) -> bool:
+    def norm(url):
+        url = (url or '').strip().rstrip('/')
+        return url[:-3] if url.endswith('/v1') else url
+    return bool(norm(a)) and norm(a) == norm(b)
+
+
+def api_key_for(server_url, typed_key, saved=('', '')) -> str:
+    """The key to send: the one typed in the box, else the saved key (`--omost-api-key` / OMOST_API_KEY), but the
+    saved key only to the saved server URL, so a URL typed in the browser can never collect it."""
+    if typed_key:
+        return typed_key
+    saved_key, saved_url = saved
+    return saved_key if saved_key and _same_server(server_url, saved_url) else ''
+
+
+def refresh_models(server_url, server_model, api_key, saved_api_key=('', '')):
     """(model dropdown update, status HTML) from the server's /v1/models."""
     from lib_omost.llm import ChatError, ServerBackend
+    key = api_key_for(server_url, api_key, saved_api_key) or None
     try:
-        models = ServerBackend((server_url or '').strip(), '', api_key=api_key or saved_api_key or None).list_models()
+        models = ServerBackend((server_url or '').strip(), '', api_key=key).list_models()
     except ChatError as e:
         return gr.update(), status_html(str(e), 'error')
     value = server_model if server_model in models else (models[0] if models else server_model)
@@ -171,9 +188,9 @@ def _finished_status(upd) -> str:
 
 def chat_stream(mode, session, message, kind, server_url, server_model, api_key, local_model, keep_loaded,
                 seed, temperature, top_p, max_new_tokens, *, models_dir='', system_prompt='', cache=None,
-                saved_api_key=''):
+                saved_api_key=('', '')):
     """Generator of (chatbot, input box, canvas text, status) for Send ('new'/'edit') and Retry ('retry').
-    An empty API key box means the key saved in the settings."""
+    An empty API key box means the saved key, for the saved server URL only (`api_key_for`)."""
     from lib_omost.llm import ChatError, ChatParams, stream_reply
     keep = gr.update()
     conv = session.conversation
@@ -197,8 +214,8 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
     upd = None
     try:
         yield base + [(message, '')], ('' if mode != 'retry' else keep), keep, status_html('Waiting for the LLM...')
-        backend = make_backend(kind, server_url, server_model, api_key or saved_api_key, local_model, models_dir,
-                               keep_loaded)
+        backend = make_backend(kind, server_url, server_model, api_key_for(server_url, api_key, saved_api_key),
+                               local_model, models_dir, keep_loaded)
         params = ChatParams(seed=int(seed), temperature=float(temperature), top_p=float(top_p),
                             max_new_tokens=int(max_new_tokens))
         for upd in stream_reply(backend, conv, message, params, session.stop, system_prompt=system_prompt or None,
@@ -326,7 +343,8 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                                                             elem_id=elem_id('omost_refresh_models'))
                         # Empty by default so the WebUI's ui-config.json never records the saved key.
                         c['api_key'] = gr.Textbox('', type='password', label='API key',
-                                                  elem_id=elem_id('omost_api_key'), placeholder='(the key saved in Settings > Omost)'
+                                                  elem_id=elem_id('omost_api_key'),
+                                                  placeholder='(--omost-api-key, for the default server URL)'
                                                   if settings.get('api_key') else 'none')
                     with gr.Group(visible=backend_kind == 'local', elem_id=elem_id('omost_local_group')) as lg:
                         local = settings.get('local_model') or DEFAULT_MODEL
@@ -399,7 +417,7 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                         queue=False)
 
     # Chat
-    saved_api_key = settings.get('api_key') or ''
+    saved_api_key = (settings.get('api_key') or '', settings.get('server_url') or '')
 
     def chat(mode):
         def run(*args):

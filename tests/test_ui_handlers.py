@@ -144,7 +144,7 @@ def test_bad_pasted_options_leave_the_controls_and_say_why():
 REPLY = canvas_reply(DRAGON)
 
 
-def run_chat(mode, session, message, url, cache=None, saved_api_key='', **kw):
+def run_chat(mode, session, message, url, cache=None, saved_api_key=('', ''), **kw):
     args = dict(kind='server', server_url=url, server_model='', api_key='', local_model='', keep_loaded=True,
                 seed=1, temperature=0.6, top_p=0.9, max_new_tokens=4096)
     args.update(kw)
@@ -285,9 +285,20 @@ def test_a_failed_edit_stays_an_edit(llm):
 def test_an_empty_key_box_uses_the_saved_key_and_a_typed_key_wins(llm):
     def last_auth():
         return [headers.get('Authorization') for method, path, headers, body in llm.requests][-1]
-    run_chat('new', ui.ChatSession(), 'hi', llm.url, saved_api_key='saved-key')
+    saved = ('saved-key', llm.url.rstrip('/').removesuffix('/v1'))  # the saved URL, written without /v1
+    run_chat('new', ui.ChatSession(), 'hi', llm.url, saved_api_key=saved)
     assert last_auth() == 'Bearer saved-key'
-    run_chat('new', ui.ChatSession(), 'hi', llm.url, saved_api_key='saved-key', api_key='typed-key')
+    run_chat('new', ui.ChatSession(), 'hi', llm.url, saved_api_key=saved, api_key='typed-key')
     assert last_auth() == 'Bearer typed-key'
-    ui.refresh_models(llm.url, '', '', saved_api_key='saved-key')
+    ui.refresh_models(llm.url, '', '', saved_api_key=saved)
     assert last_auth() == 'Bearer saved-key'
+
+
+def test_the_saved_key_never_goes_to_another_url(llm):
+    def last_auth():
+        return [headers.get('Authorization') for method, path, headers, body in llm.requests][-1]
+    elsewhere = ('saved-key', 'http://127.0.0.1:9/v1')  # the key belongs to another server
+    run_chat('new', ui.ChatSession(), 'hi', llm.url, saved_api_key=elsewhere)
+    assert last_auth() is None
+    ui.refresh_models(llm.url, '', '', saved_api_key=elsewhere)
+    assert last_auth() is None

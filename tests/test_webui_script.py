@@ -73,7 +73,7 @@ def test_settings_section_with_command_line_defaults(script_module):
         assert {'omost_models_dir', 'omost_backend', 'omost_server_url', 'omost_server_model', 'omost_keep_loaded',
                 'omost_presets_file', 'omost_system_prompt', 'omost_cache_mb'} <= set(labels)
         assert all(info.section == ('omost', 'Omost') for info in labels.values())
-        assert labels['omost_api_key'].restrict_api
+        assert 'omost_api_key' not in labels  # GET /sdapi/v1/options would show it
         current = settings.current()
         assert current['server_url'] == 'http://127.0.0.1:9/v1' and current['server_model'] == 'omost-llama'
         assert current['models_dir'] == '/srv/llms' and current['backend'] == 'server'

@@ -29,7 +29,7 @@ class RenderOptions:
         return json.dumps(self.to_dict(), separators=(',', ':'))
 
 
-_RANGES = {'strength': (0.0, 2.0), 'start': (0.0, 1.0), 'end': (0.0, 1.0), 'sketch_denoise': (0.0, 1.0),
+_RANGES = {'strength': (0.0, 2.0), 'start': (0.0, 1.0), 'end': (0.0, 1.0), 'sketch_denoise': (0.05, 1.0),
            'sketch_blur': (0, 45)}
 _CHOICES = {'prompt_target': ('every', 'global')}
 

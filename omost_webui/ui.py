@@ -387,7 +387,7 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                     o['sketch'] = gr.Checkbox(defaults.sketch, label='Start from the sketch (first pass)',
                                               elem_id=elem_id('omost_opt_sketch'))
                     with gr.Row():
-                        o['sketch_denoise'] = gr.Slider(0.0, 1.0, defaults.sketch_denoise, step=0.01,
+                        o['sketch_denoise'] = gr.Slider(0.05, 1.0, defaults.sketch_denoise, step=0.01,
                                                         label='Sketch denoise', elem_id=elem_id('omost_opt_denoise'))
                         o['sketch_blur'] = gr.Slider(0, 45, defaults.sketch_blur, step=1, label='Sketch blur',
                                                      elem_id=elem_id('omost_opt_blur'))

@@ -19,6 +19,7 @@ def test_round_trip_json():
     ({'strength': 'high'}, "'strength' must be a number"),
     ({'strength': 9}, "'strength' must be between 0.0 and 2.0"),
     ({'regions': 1}, "'regions' must be true or false"),
+    ({'sketch_denoise': 0}, "'sketch_denoise' must be between 0.05 and 1.0"),  # 0 would sample no steps
     ({'prompt_target': 'all'}, "'prompt_target' must be one of every, global"),
     ({'start': 0.8, 'end': 0.2}, 'step window is empty'),
     ('{nope', 'not valid JSON'),

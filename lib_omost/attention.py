@@ -211,8 +211,14 @@ class RegionalAttention:
         plan = None if rows is None else self.plan_for(q.shape[2], k.shape[2], q.device, q.dtype, tiled)
         if plan is None:
             return F.scaled_dot_product_attention(q, k, v)
-        if isinstance(rows, slice) and rows == slice(0, q.shape[0]):
-            return attend(q, k, v, plan)
+        if isinstance(rows, slice):  # the usual case (A1111: cond first; Forge: uncond first): views, no sync
+            start, stop = rows.start, rows.stop
+            parts = [attend(q[start:stop], k[start:stop], v[start:stop], plan)]
+            if start > 0:
+                parts.insert(0, F.scaled_dot_product_attention(q[:start], k[:start], v[:start]))
+            if stop < q.shape[0]:
+                parts.append(F.scaled_dot_product_attention(q[stop:], k[stop:], v[stop:]))
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
         if isinstance(rows, torch.Tensor):
             rows = rows.to(q.device)
         others = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)

@@ -55,5 +55,19 @@ def host_counter(sd_model):
     if tokenize_line is None:
         raise RuntimeError(f'Omost: this model ({type(sd_model).__name__}) has no CLIP text encoder that the '
                            f'extension knows how to count tokens for')
+    _refresh_forge_emphasis(getattr(tokenize_line, '__self__', None))
     tokenizer = HostTokenizer(tokenize_line)
     return tokenizer.count, tokenizer.chunks
+
+
+def _refresh_forge_emphasis(engine):
+    """Forge's `tokenize_line` parses with the emphasis mode of the engine's last encode (set in `__call__`), not
+    the current setting: set it as the coming encode will, so BREAK and escapes count as they will be encoded."""
+    if engine is None or not hasattr(engine, 'emphasis'):
+        return
+    try:
+        from backend.text_processing import emphasis
+        from modules.shared import opts
+    except ImportError:  # A1111: its tokenize_line reads the setting itself
+        return
+    engine.emphasis = emphasis.get_current_option(opts.emphasis)()

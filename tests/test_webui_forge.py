@@ -3,6 +3,7 @@ whose clone() deep-copies model_options, attn2 replace patches dispatched as For
 (tests/webui_helpers.py), [uncond, cond] batching with LCM tiling (tests/webui_stubs/modules/sd_samplers.py)."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -145,3 +146,35 @@ def test_model_without_attn2_is_left_alone(rig):
     assert 'Omost' not in res.infotexts[0] and any('no cross-attention' in c for c in p.comments)
     assert all(s['patched'] == 0 and ' BREAK ' not in s['prompt'] for s in Rig.steps)
     assert torch.isfinite(res.images[0]).all()
+
+
+def test_forge_counting_uses_the_current_emphasis_setting(monkeypatch):
+    """Forge's tokenize_line parses with the emphasis of the engine's last encode; the counter refreshes it from
+    the setting first, as the coming encode will (backend/text_processing/classic_engine.py)."""
+    import types
+    from modules import shared
+    from omost_webui.host_tokenizer import host_counter
+
+    class Mode:
+        def __init__(self, name):
+            self.name = name
+
+    options = {'Original': lambda: Mode('Original'), 'None': lambda: Mode('None')}
+    fake = types.ModuleType('backend.text_processing.emphasis')
+    fake.get_current_option = lambda name: options[name]
+    for name, module in [('backend', types.ModuleType('backend')),
+                         ('backend.text_processing', types.ModuleType('backend.text_processing')),
+                         ('backend.text_processing.emphasis', fake)]:
+        monkeypatch.setitem(sys.modules, name, module)
+
+    class Engine:
+        emphasis = Mode('None')  # left over from a job that ran under Emphasis "None"
+
+        def tokenize_line(self, line):
+            parts = line.split(' BREAK ') if self.emphasis.name != 'None' else [line]
+            return [[0] * 77 for _ in parts], 75 * len(parts)
+
+    model = types.SimpleNamespace(text_processing_engine=Engine())
+    monkeypatch.setitem(shared.opts.data, 'emphasis', 'Original')
+    count, chunks = host_counter(model)
+    assert model.text_processing_engine.emphasis.name == 'Original' and chunks('a BREAK b') == 2

@@ -253,7 +253,8 @@ class LocalBackend:
             dtype = torch.float16
         else:
             dtype = torch.float32  # CPUs are slow or unsupported in half precision
-        kwargs = {'torch_dtype': dtype}
+        # safetensors only: a pickled *.bin in a user's folder could run code when loaded (Omost ships safetensors)
+        kwargs = {'torch_dtype': dtype, 'use_safetensors': True}
         direct = quantised or (device != 'cpu' and importlib.util.find_spec('accelerate') is not None)
         if direct:  # weights go straight to the device instead of through a full copy in RAM
             kwargs['device_map'] = {'': 0 if device == 'cuda' else device}

@@ -83,6 +83,15 @@ def test_seed_reproduces_omost_sampling(backend, raw):
     assert a == omost_generate(raw, 'a cat', seed=1, temperature=0.6, max_new_tokens=30)[0]
 
 
+def test_chat_leaves_the_global_rng_as_it_was(backend):
+    import torch
+    torch.manual_seed(777)
+    expected = torch.rand(4)
+    torch.manual_seed(777)
+    chat(backend, Conversation(), 'a cat', seed=1, temperature=0.6, max_new_tokens=10)
+    assert torch.equal(torch.rand(4), expected)  # the WebUI's generator is untouched by the chat's seeding
+
+
 def test_stop_within_two_tokens(backend):
     forwards = []
     handle = backend.model.register_forward_hook(lambda *args: forwards.append(1))

@@ -361,8 +361,13 @@ class LocalBackend:
             try:
                 with self._lock:
                     if not abort.is_set():
-                        torch.manual_seed(int(params.seed))  # Omost's chat_fn seeds the global generator
-                        model.generate(**kwargs)
+                        # Omost's chat_fn seeds the global generator; fork it so the WebUI's RNG state is the same
+                        # after the chat as before
+                        device = getattr(model, 'device', None)
+                        cuda = [device.index or 0] if getattr(device, 'type', '') == 'cuda' else []
+                        with torch.random.fork_rng(devices=cuda):
+                            torch.manual_seed(int(params.seed))
+                            model.generate(**kwargs)
             except Exception as e:  # noqa: BLE001 - reported to the user by the consuming thread
                 failure.append(e)
             finally:

@@ -51,6 +51,8 @@ class Job:
     arch: str
     preset: object = None        # lib_omost.presets.Preset, resolved (and validated) in process()
     notes: set = dataclasses.field(default_factory=set)  # bag warnings already printed
+    counter: tuple = None        # (count, chunk_count) from the host's tokenizer
+    host_prompts: dict = dataclasses.field(default_factory=dict)  # cleaned prompt box text -> HostPrompt
     regional: object = None      # RegionalAttention of the first pass (None: plain attention)
     regional_hr: object = None   # the hires pass's, when its prompts differ
     hooks: object = None         # A1111RegionalHooks while armed

@@ -120,10 +120,6 @@ class Conversation:
         """Like `history`, with cut-off replies marked (`from_history` strips the mark again)."""
         return [(t.user, _marked(t.assistant) if t.partial and t.assistant else t.assistant) for t in self.turns]
 
-    @property
-    def last_reply(self) -> str:
-        return self.turns[-1].assistant if self.turns else ''
-
     def messages(self, system_prompt: str | None = None, upto: int | None = None) -> list:
         """OpenAI-style messages for turns[:upto] plus turn `upto`'s user message (Omost's chat_fn format)."""
         turns = self.turns if upto is None else self.turns[:upto + 1]

@@ -182,12 +182,13 @@ def test_bad_pasted_options_leave_the_controls_and_say_why():
 REPLY = canvas_reply(DRAGON)
 
 
-def run_chat(mode, session, message, url, cache=None, saved_api_key=('', ''), canvas_text=None, **kw):
+def run_chat(mode, session, message, url, cache=None, saved_api_key=('', ''), canvas_text=None, live_preview=True,
+             **kw):
     args = dict(kind='server', server_url=url, server_model='', api_key='', local_model='', keep_loaded=True,
                 seed=1, temperature=0.6, top_p=0.9, max_new_tokens=4096)
     args.update(kw)
     return list(ui.chat_stream(mode, session, message, *args.values(), cache=cache, saved_api_key=saved_api_key,
-                               canvas_text=canvas_text))
+                               canvas_text=canvas_text, live_preview=live_preview))
 
 
 @pytest.fixture(scope='module')

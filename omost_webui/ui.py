@@ -53,6 +53,7 @@ class ChatSession:
         self.editing = False  # "Edit last" was pressed: the next Send replaces the last turn
         self.busy = False
         self.editor_seq = 0   # the last region-editor edit applied (the editor ignores states older than its edits)
+        self.state_rev = 0    # editor states started; only the newest may write (gradio 3 runs them in parallel)
 
     def __deepcopy__(self, memo):  # gr.State deep-copies its default for every new session
         return ChatSession()
@@ -104,8 +105,13 @@ def editor_state(session, canvas_text: str, width=1024, height=1024) -> tuple:
 def canvas_changed(session, canvas_text, width=1024, height=1024):
     """The code box changed (user, chat, pasted infotext, the editor): (editor state, status, code update).
     Canvas JSON and whole replies become code."""
-    state, status, result = editor_state(session, canvas_text, width, height)
     new_text = gr.update()
+    if session.busy:  # a reply is streaming: the chat writes the editor state itself, in order
+        return new_text, new_text, new_text
+    rev = session.state_rev = session.state_rev + 1
+    state, status, result = editor_state(session, canvas_text, width, height)
+    if session.state_rev != rev:  # a newer canvas is being read: let it write, or an old state could win
+        return new_text, new_text, new_text
     text = (canvas_text or '').lstrip()
     if result is not None and (text[:1] in ('{', '[') or '```' in text or text.startswith(INFOTEXT_PREFIX)):
         try:  # show pasted JSON / a pasted reply as code; ComfyUI JSON has no code form and stays JSON
@@ -127,6 +133,7 @@ def apply_editor_edit(session, edit_text, canvas_text, width=1024, height=1024):
     if seq <= session.editor_seq:
         return keep, keep, keep  # an older edit that arrived late
     session.editor_seq = seq
+    session.state_rev += 1
     try:
         code = load_canvas(data).canvas.to_code()
     except CanvasError as e:  # the editor only builds valid canvases; still, never lose the code for it
@@ -541,19 +548,28 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
     # Chat
     saved_api_key = (settings.get('api_key') or '', settings.get('server_url') or '')
 
+    # After the chat's own inputs: the code box (the model continues from an edited canvas) and the image size.
+    # Besides the chat's outputs, the editor state and status: a streaming reply draws its regions as they come
+    # (gradio 3 drops the code box's change events while a reply streams).
+    chat_extra = [canvas_text] + size
+
     def chat(mode):
         def run(*args):
-            *args, canvas = args  # the code box comes last: the model continues from an edited canvas
-            yield from chat_stream(mode, *args, models_dir=settings.get('models_dir') or '',
-                                   system_prompt=settings.get('system_prompt') or '', cache=_chat_cache(settings),
-                                   saved_api_key=saved_api_key, canvas_text=canvas)
+            args, (canvas, *image_size) = args[:-len(chat_extra)], args[-len(chat_extra):]
+            for step in chat_stream(mode, *args, models_dir=settings.get('models_dir') or '',
+                                    system_prompt=settings.get('system_prompt') or '', cache=_chat_cache(settings),
+                                    saved_api_key=saved_api_key, canvas_text=canvas):
+                code = step[2]
+                shown = (editor_state(args[0], code, *image_size)[:2] if isinstance(code, str) else
+                         (gr.update(), gr.update()))
+                yield (*step, *shown)
         return run
 
     chat_inputs = [c['session'], c['message'], c['backend'], c['server_url'], c['server_model'], c['api_key'],
                    c['local_model'], c['keep_loaded'], c['seed'], c['temperature'], c['top_p'], c['max_new_tokens']]
-    chat_outputs = [c['chatbot'], c['message'], canvas_text, c['chat_status']]
-    c['send'].click(chat('new'), chat_inputs + [canvas_text], chat_outputs)
-    c['retry'].click(chat('retry'), chat_inputs + [canvas_text], chat_outputs)
+    chat_outputs = [c['chatbot'], c['message'], canvas_text, c['chat_status'], state, c['preview_status']]
+    c['send'].click(chat('new'), chat_inputs + chat_extra, chat_outputs)
+    c['retry'].click(chat('retry'), chat_inputs + chat_extra, chat_outputs)
     c['stop'].click(stop_chat, [c['session']], None, queue=False)
     c['edit'].click(edit_last, [c['session']], [c['chatbot'], c['message'], c['chat_status']], queue=False)
     c['new'].click(new_chat, [c['session'], c['keep_canvas'], canvas_text], [c['chatbot'], c['chat_status'], canvas_text],

@@ -454,6 +454,9 @@ class Rig:
         job = getattr(p, '_omost_job', None)
         current = getattr(job, 'current', None)
         info['latent_size'] = getattr(current, 'latent_size', None)
+        info['progress'] = getattr(current, 'progress', None)  # Omost's callback ran before this probe
+        info['regional'] = getattr(current, 'active', None)
+        info['sampling_step'] = params.sampling_step
         Rig.steps.append(info)
 
     def p(self, omost=None, bare=False, **kwargs):

@@ -23,7 +23,10 @@ def _timesteps(sigma):
 
 class A1111CFGDenoiser:
     def __init__(self, sampler):
+        # modules/sd_samplers_cfg_denoiser.py CFGDenoiser.__init__ (both hosts): `step` counts the calls of this
+        # denoiser (`self.step += 1` at the end of forward), `total_steps` is set by Sampler.launch_sampling.
         self.sampler, self.p, self.step = sampler, None, 0
+        self.steps = self.total_steps = None
 
     def inner(self, x, sigma, context):
         c_in = 1.0 / torch.sqrt(sigma ** 2 + 1.0)
@@ -104,18 +107,30 @@ class Sampler:
         return self.launch_sampling(p, x + noise * sigma_sched[0], sigma_sched, conditioning,
                                     unconditional_conditioning)
 
+    def callback_state(self, d):
+        # modules/sd_samplers_common.py Sampler.callback_state (both hosts): k-diffusion calls it AFTER step i
+        # (k_diffusion/sampling.py sample_euler: `callback({'i': i, ...})` follows the denoiser call), so during
+        # step i >= 1 `state.sampling_step` (what on_cfg_denoiser reports) is still i - 1.
+        shared.state.sampling_step = d['i']
+
     def launch_sampling(self, p, x, sigmas, cond, uncond):
         self.model_wrap_cfg.p = p
         if self.forge:
             self.unet_patcher = p.sd_model.forge_objects.unet
-        shared.state.sampling_steps = len(sigmas) - 1
+        # modules/sd_samplers_common.py Sampler.launch_sampling: steps and the expected denoiser calls
+        # (SamplerData.total_steps: steps for a first-order sampler like this Euler), then step 0.
+        steps = len(sigmas) - 1
+        self.model_wrap_cfg.steps = steps
+        self.model_wrap_cfg.total_steps = steps
+        shared.state.sampling_steps = steps
+        shared.state.sampling_step = 0
         self.last_latent = x
         try:
-            for i in range(len(sigmas) - 1):
-                shared.state.sampling_step = i
+            for i in range(steps):  # k_diffusion/sampling.py sample_euler
                 sigma = sigmas[i] * x.new_ones(x.shape[0])
                 denoised = self.model_wrap_cfg.forward(x, sigma, uncond, cond, p.cfg_scale)
                 self.last_latent = denoised
+                self.callback_state({'i': i, 'sigma': sigmas[i], 'denoised': denoised})
                 x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
         except sd_samplers_common.InterruptedException:
             return self.last_latent

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from webui_helpers import DRAGON, SMALL, A1111Model, Rig, forward_attributes, images_equal, omost, tiny_ldm_unet
+from webui_helpers import DRAGON, SMALL, A1111Model, Rig, check_step_window, forward_attributes, images_equal, omost, tiny_ldm_unet
 
 
 @pytest.fixture(scope='module')
@@ -60,17 +60,7 @@ def test_regions_steer_the_real_unet_and_keep_the_users_prompt(rig, baseline):
 
 
 def test_step_window_counts_the_denoiser_calls_not_the_reported_step(rig):
-    """A1111 reports `state.sampling_step` after a step (0, 0, 1 for 3 steps); the window follows the denoiser's
-    own call counter, so start 0.5 of 3 steps turns the regions on for the last step."""
-    _, full = rig.generate(omost(), steps=3)
-    _, plain = rig.generate(omost(regions=False), steps=3)
-    _, late = rig.generate(omost(start=0.5), steps=3)
-    assert [s['sampling_step'] for s in Rig.steps] == [0, 0, 1]
-    assert [s['progress'] for s in Rig.steps] == [0, 1 / 3, 2 / 3]
-    assert [s['regional'] for s in Rig.steps] == [False, False, True]
-    _, early = rig.generate(omost(end=0.5), steps=3)
-    assert [s['regional'] for s in Rig.steps] == [True, True, False]
-    assert len({tuple(r.images[0].flatten()[:64].tolist()) for r in (full, plain, late, early)}) == 4
+    check_step_window(rig)
 
 
 def test_infotext_records_canvas_and_options_and_pastes_back(rig):

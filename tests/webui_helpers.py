@@ -500,3 +500,18 @@ def omost(canvas=SMALL, **options):
 
 def images_equal(a, b) -> bool:
     return len(a.images) == len(b.images) and all(torch.equal(x, y) for x, y in zip(a.images, b.images))
+
+
+def check_step_window(rig):
+    """Both hosts report `state.sampling_step` after a step (0, 0, 1 for 3 steps); the window follows the
+    denoiser's own call counter: start 0.5 of 3 steps is regional in the last step, end 0.5 in the first two."""
+    _, full = rig.generate(omost(), steps=3)
+    _, plain = rig.generate(omost(regions=False), steps=3)
+    _, late = rig.generate(omost(start=0.5), steps=3)
+    assert [s['sampling_step'] for s in Rig.steps] == [0, 0, 1]
+    assert [s['progress'] for s in Rig.steps] == [0, 1 / 3, 2 / 3]
+    assert [s['regional'] for s in Rig.steps] == [False, False, True]
+    _, early = rig.generate(omost(end=0.5), steps=3)
+    assert [s['regional'] for s in Rig.steps] == [True, True, False]
+    results = (full, plain, late, early)
+    assert not any(images_equal(a, b) for i, a in enumerate(results) for b in results[i + 1:])

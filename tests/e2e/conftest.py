@@ -10,7 +10,8 @@ random-sd15.safetensors) say what is on the other end; /work/hosts/with_host.sh 
 (default 64) is the image side of the small jobs, OMOST_E2E_LOG a file that gets one JSON line per request
 (status, seconds, pixel hashes: evidence for a report).
 
-The client is stdlib plus Pillow (pixel hashes: the PNGs embed the infotext, so compare decoded pixels).
+The client is .client (stdlib plus Pillow); tests import it relatively: `from .client import omost_args`
+(tests/e2e is a package so that its conftest does not shadow tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 
 import pytest
 
-from e2e_helpers import CKPT, HOST, SIZE, URL, WebUI
+from .client import CKPT, HOST, SIZE, URL, WebUI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

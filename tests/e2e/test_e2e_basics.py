@@ -1,6 +1,6 @@
 """Omost in a real WebUI: no trace on the images around it, and the regions reach the image."""
 
-from e2e_helpers import omost_args
+from .client import omost_args
 
 
 def test_baseline_omost_baseline(webui, job, canvas):

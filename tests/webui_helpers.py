@@ -224,6 +224,12 @@ class A1111Model(_ModelBase):
     def apply_model(self, x, t, cond):
         return self.model.diffusion_model(x, t, context=cond)
 
+    @property
+    def cond_stage_model_empty_prompt(self):
+        # modules/sd_models.py load_model: `sd_model.cond_stage_model_empty_prompt = get_empty_cond(sd_model)`,
+        # the encoded empty prompt (1, 77, C) that CFGDenoiser.pad_cond_uncond appends
+        return self.get_learned_conditioning([''])
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Forge: UnetPatcher, forge_objects and a UNet with Forge's attn2 patch dispatch

@@ -64,7 +64,7 @@ def _host_hypernetworks():
         from modules.hypernetworks import hypernetwork
     except ImportError:
         return None
-    return lambda context: hypernetwork.apply_hypernetworks(shared.loaded_hypernetworks, context)
+    return lambda context, layer=None: hypernetwork.apply_hypernetworks(shared.loaded_hypernetworks, context, layer)
 
 
 def _crossattn(cond):

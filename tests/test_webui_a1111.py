@@ -255,10 +255,12 @@ def test_model_without_cross_attention_is_left_alone(rig, baseline):
     model = A1111Model(nn.Identity())  # no attn2 anywhere, like Flux / SD3
     flux_like = Rig(model)
     p = flux_like.p(omost())
-    assert not hasattr(p, '_omost_job') and 'close' not in vars(p)
+    p.setup_prompts()
     from omost_webui import generation
     generation.process(p, True, SMALL, '')
-    assert not hasattr(p, '_omost_job') and 'Omost' not in p.extra_generation_params
+    # neither a job, nor a close/init wrapper (refusal), nor infotext: only the comment says why
+    assert not hasattr(p, '_omost_job') and 'close' not in vars(p) and 'init' not in vars(p)
+    assert 'Omost' not in p.extra_generation_params
     assert any('no cross-attention' in c for c in p.comments)
 
 

@@ -82,3 +82,4 @@ class State:
 state = State()
 device = 'cpu'
 sd_model = None
+loaded_hypernetworks = []  # modules/shared.py: what modules.hypernetworks.hypernetwork.load_hypernetworks fills

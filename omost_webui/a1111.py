@@ -11,6 +11,9 @@ and a forward pre-hook on the diffusion model counts the rows of each UNet call.
 as [cond rows, uncond rows] and sends them in order (one call, or chunks), so the rows of a call with an index
 below n_cond are cond. Cond rows get regional attention, the others the host's own forward.
 
+sd-webui-controlnet's IP-Adapter shadows the same attn2.forward (see `_ip_adapter_terms`): where it is on, the
+hooks add its image prompt terms to the rows they compute, and go back on top of it when it hooked after them.
+
 No `modules` import at module level: this file is imported in tests and on Forge.
 """
 

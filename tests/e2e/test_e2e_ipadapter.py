@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -30,8 +31,19 @@ def _reference_image():
     return b64_png(im)
 
 
+def _controlnet_models(webui):
+    """(status, body) of /controlnet/model_list. The route is added by an app_started callback, which both hosts run
+    after the /sdapi routes answer (webui.py: create_api, then app_started_callback): wait for it a little."""
+    deadline = time.monotonic() + 120
+    while True:
+        status, body = webui.get('/controlnet/model_list')
+        if status != 404 or time.monotonic() > deadline:
+            return status, body
+        time.sleep(2)
+
+
 def _ip_adapter_unit(webui, host, sdxl):
-    status, body = webui.get('/controlnet/model_list')
+    status, body = _controlnet_models(webui)
     if status != 200:
         pytest.skip(f'no ControlNet in this WebUI (/controlnet/model_list: HTTP {status})')
     name = 'ip-adapter_sdxl_random' if sdxl else 'ip-adapter_sd15_random'

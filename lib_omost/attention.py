@@ -110,11 +110,6 @@ def layer_size(pixels: int, height: int, width: int):
     return (h, w) if h * w == pixels else None
 
 
-def step_fraction(step, total) -> float:
-    """How far the sampling is, 0 at the first step, from a host's step counter."""
-    return float(step) / max(1, int(total))
-
-
 class RegionalAttention:
     """Per-generation state the host hooks share: the canvas rects, the cond token map, the latent size, the
     strength and the step window. Masks and plans are built once per layer size, device and dtype."""

@@ -25,7 +25,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from lib_omost.attention import attend, step_fraction
+from lib_omost.attention import attend
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _host_hypernetworks():
         from modules.hypernetworks import hypernetwork
     except ImportError:
         return None
-    return lambda context: hypernetwork.apply_hypernetworks(shared.loaded_hypernetworks, context)
+    return lambda context, layer=None: hypernetwork.apply_hypernetworks(shared.loaded_hypernetworks, context, layer)
 
 
 def _crossattn(cond):
@@ -186,7 +186,6 @@ class A1111RegionalHooks:
         self.uncond_length = None if uncond is None else int(uncond.shape[1]) - _marked(uncond)
         self._rows_seen = 0
         self._call_rows = None
-        self.regional.set_progress(step_fraction(params.sampling_step, params.total_sampling_steps))
         if self.cond_length != self.regional.cond_length:
             self._say(f'the cond has {self.cond_length} tokens but the region map {self.regional.cond_length}; '
                       'plain attention')

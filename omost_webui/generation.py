@@ -28,6 +28,7 @@ from omost_webui.host_tokenizer import find_tokenize_line
 INFOTEXT_ENABLED = 'Omost'
 INFOTEXT_CANVAS = 'Omost canvas'
 INFOTEXT_OPTIONS = 'Omost options'
+INFOTEXT_NOTES = 'Omost notes'
 
 _active = None   # the Job whose sampling is running; global callbacks act only for it
 _said_once = set()  # console notices printed once per session
@@ -62,6 +63,16 @@ class Job:
 
 def _job(p):
     return getattr(p, '_omost_job', None)
+
+
+def note(p, message: str):
+    """Something the user must know about this job (a repaired canvas, an ignored statement, regions off for a
+    batch): one line in the console, and the infotext's 'Omost notes', which the API answers with in `info`."""
+    notes = p.__dict__.setdefault('_omost_notes', [])
+    if message not in notes:
+        notes.append(message)
+        print(f'[Omost] {message}')
+        p.extra_generation_params[INFOTEXT_NOTES] = '; '.join(notes)
 
 
 def _say_once(key: str, message: str):
@@ -245,6 +256,8 @@ def process_before_every_sampling(p, x):
     job.current = regional
     if regional is not None:
         regional.set_latent_size(int(x.shape[-2]), int(x.shape[-1]))
+        regional.set_image_size(int(x.shape[-2]), int(x.shape[-1]))  # the whole image: other sizes are tiles
+        regional.notify = lambda message: note(p, message)
         if job.forge:
             _patch_forge(p, job, regional)
         else:

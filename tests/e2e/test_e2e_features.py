@@ -45,6 +45,7 @@ def _init_image(webui, job):
 def test_img2img(webui, job, canvas):
     init = _init_image(webui, job)
     payload = dict(init_images=[init], denoising_strength=0.6)
+    webui.img2img(job(**payload)).ok()  # Forge's first img2img differs from every later one (with or without Omost)
     plain = webui.img2img(job(**payload)).ok()
     res = webui.img2img(job(**payload, alwayson_scripts=omost_args(canvas))).ok()
     again = webui.img2img(job(**payload)).ok()

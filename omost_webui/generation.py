@@ -275,6 +275,8 @@ def process_before_every_sampling(p, x):
     job.current = regional
     if regional is not None:
         regional.set_latent_size(int(x.shape[-2]), int(x.shape[-1]))
+        regional.set_image_size(int(x.shape[-2]), int(x.shape[-1]))  # the whole image: other sizes are tiles
+        regional.notify = lambda message: note(p, message)
         if job.forge:
             _patch_forge(p, job, regional)
         else:
@@ -319,10 +321,25 @@ def on_cfg_denoiser(params):
         return
     if job.current is None:
         return
-    total = max(int(params.total_sampling_steps or 0), 1)
-    job.current.set_progress(min(max(params.sampling_step / total, 0.0), 1.0))
+    job.current.set_progress(denoiser_progress(params))
     if job.hooks is not None:
         job.hooks.on_cfg_denoiser(params)
+
+
+def denoiser_progress(params) -> float:
+    """How far the sampling pass is, 0 at its first denoiser call, 1 at its end.
+
+    Both hosts' CFGDenoiser count their own calls (`step`, incremented at the end of every forward) and expect
+    `total_steps` of them (set by `Sampler.launch_sampling` from the sampler's config: 2 per step for second-order
+    samplers); `step / total_steps` is the ratio the hosts themselves use for "skip early CFG" and the refiner
+    switch (modules/sd_samplers_cfg_denoiser.py, sd_samplers_common.apply_refiner). `params.sampling_step` is not
+    usable: the hosts set `state.sampling_step` in the per-step callback, after the step, so during step i >= 1
+    it still says i - 1 (a window starting at 0.5 of 3 steps would never turn on)."""
+    denoiser = params.denoiser
+    step, total = getattr(denoiser, 'step', None), getattr(denoiser, 'total_steps', None)
+    if not isinstance(step, int) or not total:  # a denoiser without the counters: the step the host reports
+        step, total = params.sampling_step, params.total_sampling_steps
+    return min(max(step / max(int(total or 0), 1), 0.0), 1.0)
 
 
 def postprocess(p):

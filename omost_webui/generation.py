@@ -34,13 +34,25 @@ _active = None   # the Job whose sampling is running; global callbacks act only 
 _said_once = set()  # console notices printed once per session
 
 
-class OmostInputError(ValueError):
-    """Bad canvas or options. `status_code` and `detail` are what the WebUI's API error handler reports."""
+try:  # both hosts' API error handler prints a full traceback for any exception that is not an HTTPException
+    from fastapi.exceptions import HTTPException as _Quiet  # (modules/api/api.py: api_middleware.handle_exception)
+except ImportError:  # the extension's core tests without fastapi
+    _Quiet = Exception
+
+
+class OmostInputError(_Quiet, ValueError):
+    """Bad canvas, options or script args. `status_code` and `detail` are what the WebUI's API error handler
+    reports (HTTP 422); being an HTTPException, it is answered without a traceback in the console, where
+    `refuse` has printed the one line that matters."""
 
     def __init__(self, message: str):
-        super().__init__(message)
+        ValueError.__init__(self, message)
         self.status_code = 422
         self.detail = message
+        self.headers = None
+
+    def __str__(self):  # HTTPException's would prefix '422: '; the UI's error box shows str(e)
+        return self.detail
 
 
 @dataclasses.dataclass
@@ -51,7 +63,6 @@ class Job:
     forge: bool
     arch: str
     preset: object = None        # lib_omost.presets.Preset, resolved (and validated) in process()
-    notes: set = dataclasses.field(default_factory=set)  # bag warnings already printed
     counter: tuple = None        # (count, chunk_count) from the host's tokenizer
     host_prompts: dict = dataclasses.field(default_factory=dict)  # cleaned prompt box text -> HostPrompt
     regional: object = None      # RegionalAttention of the first pass (None: plain attention)
@@ -124,7 +135,20 @@ def _emphasis(p) -> str:
     return p.override_settings.get('emphasis', getattr(shared.opts, 'emphasis', 'Original'))
 
 
+def is_enabled(value) -> bool:
+    """The script's first arg: a bool from the UI, any of the forms `parse_switch` takes from the API."""
+    from lib_omost.options import parse_switch
+    try:
+        return parse_switch(value, 'Omost script arg 0 (enabled)')
+    except CanvasError as e:
+        raise OmostInputError(f'{e}; the args are [enabled, canvas, options]') from None
+
+
 def before_process(p, enabled, canvas_text, options_text):
+    try:
+        enabled = is_enabled(enabled)
+    except OmostInputError:
+        return  # process() refuses the job
     if enabled and _emphasis(p) == 'None' and getattr(p, 'override_settings_restore_afterwards', True):
         p.override_settings['emphasis'] = 'Original'
 
@@ -158,6 +182,11 @@ def parse_inputs(canvas_value, options_value, presets_file: str = ''):
 
 def process(p, enabled, canvas_value, options_value):
     cleanup()  # a failed earlier job (any tab) may have left hooks behind
+    try:
+        enabled = is_enabled(enabled)
+    except OmostInputError as e:
+        refuse(p, e)
+        return
     if not enabled:
         if isinstance(canvas_value, str) and canvas_value.strip():  # easy to miss: say so, change nothing
             print('[Omost] Omost is off, so this image ignores the canvas in the Omost accordion (tick "Omost" in '
@@ -181,8 +210,8 @@ def process(p, enabled, canvas_value, options_value):
         if hasattr(p, 'comment'):
             p.comment('Omost: ' + message)
         return
-    for w in warnings:  # repairs of the LLM's code: worth a line in the console, not an error
-        print(f'[Omost] canvas: {w}')
+    for w in warnings:  # repairs of the LLM's code: worth a note, not an error
+        note(p, f'canvas: {w}')
     job = Job(p=p, canvas=canvas, options=options, forge=is_forge(p), arch=arch, preset=preset)
     from omost_webui.prompt_rewrite import check
     try:

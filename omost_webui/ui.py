@@ -63,10 +63,11 @@ class ChatSession:
 # Status lines (HTML: server errors and canvas messages are untrusted text, so everything is escaped)
 
 
-def status_html(text: str = '', kind: str = 'info') -> str:
+def status_html(text: str = '', kind: str = 'info', extra_class: str = '') -> str:
     if not text:
         return ''
-    return f'<div class="omost-status omost-{kind}">{html.escape(text)}</div>'
+    classes = f'omost-status omost-{kind}' + (f' {extra_class}' if extra_class else '')
+    return f'<div class="{classes}">{html.escape(text)}</div>'
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -149,10 +150,10 @@ def enabled_html(enabled, canvas_text='') -> str:
     if enabled:
         return status_html('Omost is ON: Generate uses the canvas regions.' if has_canvas else
                            'Omost is ON, but there is no canvas yet: chat or paste one before Generate.',
-                           'ok' if has_canvas else 'warning').replace('omost-status', 'omost-status omost-onoff omost-on', 1)
+                           'ok' if has_canvas else 'warning', 'omost-onoff omost-on')
     return status_html('Omost is OFF: Generate ignores this canvas and renders a plain image. Tick "Omost" in the '
                        'header to use it.' if has_canvas else 'Omost is OFF (tick "Omost" in the header to use it).',
-                       'warning' if has_canvas else 'info').replace('omost-status', 'omost-status omost-onoff omost-off', 1)
+                       'warning' if has_canvas else 'info', 'omost-onoff omost-off')
 
 
 # ---------------------------------------------------------------------------------------------------------------

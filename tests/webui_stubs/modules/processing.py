@@ -5,7 +5,7 @@ process_before_every_sampling twice."""
 import torch
 import torch.nn.functional as F
 
-from modules import extra_networks, infotext_utils, sd_samplers, shared
+from modules import extra_networks, infotext_utils, prompt_parser, sd_samplers, shared
 
 
 class Processed:
@@ -60,9 +60,15 @@ class StableDiffusionProcessing:
     def encode(self, prompts):
         return self.sd_model.get_learned_conditioning(list(prompts))
 
+    def encode_multicond(self, prompts):
+        return prompt_parser.get_multicond_learned_conditioning(self.sd_model, list(prompts))
+
     def setup_conds(self):
-        self.uc = self.encode(self.negative_prompts)
-        self.c = self.encode(self.prompts)
+        # modules/processing.py setup_conds: uc from get_learned_conditioning, c from
+        # get_multicond_learned_conditioning (AND); Forge skips the uc when cfg_scale == 1 (`self.uc = None`).
+        forge_cfg1 = hasattr(self.sd_model, 'forge_objects') and self.cfg_scale == 1
+        self.uc = None if forge_cfg1 else self.encode(self.negative_prompts)
+        self.c = self.encode_multicond(self.prompts)
 
     def noise(self, shape):
         return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in self.seeds])
@@ -102,7 +108,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         super().setup_conds()
         if self.enable_hr:
             self.hr_uc = self.encode(self.negative_prompts)
-            self.hr_c = self.encode(self.hr_prompts)
+            self.hr_c = self.encode_multicond(self.hr_prompts)
 
     def sample(self, conditioning, unconditional_conditioning):
         self.sampler = sd_samplers.create_sampler(self.sd_model)

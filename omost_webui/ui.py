@@ -190,18 +190,28 @@ _local_backend = {'key': None, 'backend': None}
 _local_lock = threading.Lock()
 
 
-def make_backend(kind, server_url, server_model, api_key, local_model, models_dir, keep_loaded):
+def make_backend(kind, server_url, server_model, api_key, local_model, models_dir, keep_loaded, gguf_model='',
+                 gguf_gpu_layers=-1, gguf_threads=0):
     from lib_omost.llm import ChatError, LocalBackend, ServerBackend
-    if kind == 'local':
-        if not local_model:
+    if kind in ('local', 'gguf'):
+        if kind == 'local' and not local_model:
             raise ChatError('Choose a local Omost model in the LLM settings.')
-        key = (local_model, models_dir, bool(keep_loaded))
-        with _local_lock:  # one local model at a time, reused across replies while "keep loaded" holds it
+        if kind == 'gguf' and not (gguf_model or '').strip():
+            raise ChatError('Choose a GGUF model (a known name or the path of a .gguf file) in the LLM settings.')
+        if kind == 'gguf':
+            from lib_omost.llm.gguf import GGUFBackend
+            layers, threads = int(gguf_gpu_layers if gguf_gpu_layers is not None else -1), int(gguf_threads or 0)
+            key = (kind, gguf_model.strip(), models_dir, bool(keep_loaded), layers, threads)
+            make = lambda: GGUFBackend(gguf_model.strip(), models_dir, keep_loaded=bool(keep_loaded),  # noqa: E731
+                                       n_gpu_layers=layers, threads=threads)
+        else:
+            key = (local_model, models_dir, bool(keep_loaded))
+            make = lambda: LocalBackend(local_model, models_dir, keep_loaded=bool(keep_loaded))  # noqa: E731
+        with _local_lock:  # one in-process model at a time, reused across replies while "keep loaded" holds it
             if _local_backend['key'] != key:
                 if _local_backend['backend'] is not None:
                     _local_backend['backend'].unload()  # free the previous model's memory first
-                _local_backend.update(key=key, backend=LocalBackend(local_model, models_dir,
-                                                                    keep_loaded=bool(keep_loaded)))
+                _local_backend.update(key=key, backend=make())
             return _local_backend['backend']
     if not (server_url or '').strip():
         raise ChatError('Set the LLM server URL in the LLM settings (e.g. http://127.0.0.1:8080/v1).')
@@ -273,8 +283,9 @@ def mark_edited_canvas(conv, canvas_text) -> bool:
 
 
 def chat_stream(mode, session, message, kind, server_url, server_model, api_key, local_model, keep_loaded,
-                seed, temperature, top_p, max_new_tokens, *, models_dir='', system_prompt='', cache=None,
-                saved_api_key=('', ''), canvas_text=None, live_preview=True):
+                seed, temperature, top_p, max_new_tokens, gguf_model='', gguf_gpu_layers=-1, gguf_threads=0, *,
+                models_dir='', system_prompt='', cache=None, saved_api_key=('', ''), canvas_text=None,
+                live_preview=True):
     """Generator of (chatbot, input box, canvas text, status) for Send ('new'/'edit') and Retry ('retry').
     An empty API key box means the saved key, for the saved server URL only (`api_key_for`).
     canvas_text: the code box; when it was edited after the last reply, the model continues from the edit.
@@ -308,7 +319,7 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
         yield (base + [(message, '')], ('' if mode != 'retry' else keep), keep,
                status_html(' '.join(filter(None, [continuing, 'Waiting for the LLM...']))))
         backend = make_backend(kind, server_url, server_model, api_key_for(server_url, api_key, saved_api_key),
-                               local_model, models_dir, keep_loaded)
+                               local_model, models_dir, keep_loaded, gguf_model, gguf_gpu_layers, gguf_threads)
         params = ChatParams(seed=int(seed), temperature=float(temperature), top_p=float(top_p),
                             max_new_tokens=int(max_new_tokens))
         for upd in stream_reply(backend, conv, message, params, session.stop, system_prompt=system_prompt or None,
@@ -422,6 +433,7 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
     preview then has the image's aspect ratio and follows them.
     """
     from lib_omost.llm import DEFAULT_MODEL, OMOST_MODELS
+    from lib_omost.llm.models import DEFAULT_GGUF, GGUF_MODELS
     c = {}
     defaults = RenderOptions()
     presets = ['none'] + [p for p in settings.get('presets') or [] if p != 'none']
@@ -462,7 +474,7 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                                                elem_classes=['omost-example']) for i, text in enumerate(EXAMPLES)]
                 c['chat_status'] = gr.HTML('', elem_id=elem_id('omost_chat_status'))
                 with gr.Accordion('LLM settings', open=False, elem_id=elem_id('omost_llm_settings')):
-                    c['backend'] = gr.Dropdown(['server', 'local'], value=backend_kind, label='Backend',
+                    c['backend'] = gr.Dropdown(['server', 'local', 'gguf'], value=backend_kind, label='Backend',
                                                elem_id=elem_id('omost_backend'))
                     with gr.Group(visible=backend_kind == 'server', elem_id=elem_id('omost_server_group')) as sg:
                         c['server_url'] = gr.Textbox(settings.get('server_url', ''), label='Server base URL',
@@ -487,9 +499,20 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                         local = settings.get('local_model') or DEFAULT_MODEL
                         c['local_model'] = gr.Dropdown(local_models, value=local, allow_custom_value=True,
                                                        label='Local model', elem_id=elem_id('omost_local_model'))
-                        c['keep_loaded'] = gr.Checkbox(bool(settings.get('keep_loaded', True)),
-                                                       label='Keep the model loaded between replies',
-                                                       elem_id=elem_id('omost_keep_loaded'))
+                    with gr.Group(visible=backend_kind == 'gguf', elem_id=elem_id('omost_gguf_group')) as gg:
+                        gguf = settings.get('gguf_model') or DEFAULT_GGUF
+                        c['gguf_model'] = gr.Dropdown(list(GGUF_MODELS), value=gguf, allow_custom_value=True,
+                                                      label='GGUF model (a known name, downloaded on first use, or '
+                                                      'a .gguf path)', elem_id=elem_id('omost_gguf_model'))
+                        with gr.Row():
+                            c['gguf_gpu_layers'] = gr.Number(-1, precision=0, label='GPU layers (-1: all with a GPU '
+                                                             'build, 0: CPU)', elem_id=elem_id('omost_gguf_gpu_layers'))
+                            c['gguf_threads'] = gr.Number(0, precision=0, label='CPU threads (0: automatic)',
+                                                          elem_id=elem_id('omost_gguf_threads'))
+                    c['keep_loaded'] = gr.Checkbox(bool(settings.get('keep_loaded', True)),
+                                                   label='Keep the in-process model loaded between replies',
+                                                   visible=backend_kind != 'server',
+                                                   elem_id=elem_id('omost_keep_loaded'))
                     with gr.Row():
                         c['seed'] = gr.Number(12345, precision=0, label='Seed', elem_id=elem_id('omost_seed'))
                         c['temperature'] = gr.Slider(0.0, 2.0, 0.6, step=0.01, label='Temperature',
@@ -578,7 +601,8 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
         return run
 
     chat_inputs = [c['session'], c['message'], c['backend'], c['server_url'], c['server_model'], c['api_key'],
-                   c['local_model'], c['keep_loaded'], c['seed'], c['temperature'], c['top_p'], c['max_new_tokens']]
+                   c['local_model'], c['keep_loaded'], c['seed'], c['temperature'], c['top_p'], c['max_new_tokens'],
+                   c['gguf_model'], c['gguf_gpu_layers'], c['gguf_threads']]
     chat_outputs = [c['chatbot'], c['message'], canvas_text, c['chat_status'], state, c['preview_status']]
     c['send'].click(chat('new'), chat_inputs + chat_extra, chat_outputs)
     c['retry'].click(chat('retry'), chat_inputs + chat_extra, chat_outputs)
@@ -592,8 +616,9 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                               [c['server_url'], c['server_model'], c['api_key']],
                               [c['server_model'], c['chat_status']])
     c['clear_cache'].click(lambda: clear_cache(settings), None, [c['chat_status']], queue=False)
-    c['backend'].change(lambda kind: (gr.update(visible=kind == 'server'), gr.update(visible=kind == 'local')),
-                        [c['backend']], [sg, lg], queue=False)
+    c['backend'].change(lambda kind: tuple(gr.update(visible=kind == k) for k in ('server', 'local', 'gguf'))
+                        + (gr.update(visible=kind != 'server'),), [c['backend']], [sg, lg, gg, c['keep_loaded']],
+                        queue=False)
 
     return OmostUI(
         inputs=[enabled, canvas_text, options_text],

@@ -394,3 +394,12 @@ def test_the_saved_key_never_goes_to_another_url(llm):
     assert last_auth() is None
     ui.refresh_models(llm.url, '', '', saved_api_key=elsewhere)
     assert last_auth() is None
+
+
+def test_model_refresh_with_a_wrong_key_says_so():
+    from llm_helpers import LoopbackServer
+    with LoopbackServer(lambda h, b: h.send_json(401, {'error': {'message': 'Invalid API key'}},
+                                                 reason='Unauthorized')) as srv:
+        dropdown, status = ui.refresh_models(srv.url, 'm', 'wrong-key')
+    assert is_noop(dropdown) and 'omost-error' in status and '0 model' not in status
+    assert html.unescape(status).endswith('answered HTTP 401 Unauthorized: Invalid API key. Check the API key.</div>')

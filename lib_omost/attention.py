@@ -141,6 +141,10 @@ class RegionalAttention:
     def set_latent_size(self, height: int, width: int):
         self.latent_size = (int(height), int(width))
 
+    def clear_plans(self):
+        """Forget the plans (a model switch: other layers; the job's end: free them)."""
+        self._plans.clear()
+
     def set_progress(self, fraction: float):
         self.progress = float(fraction)
 
@@ -199,20 +203,22 @@ class RegionalAttention:
         self._plans[key] = plan
         return plan
 
-    def regional(self, q, k, v, cond_rows=None, tiled: bool = True):
+    def regional(self, q, k, v, cond_rows=None, tiled: bool = True, plain=None):
         """Attention for q (B, heads, N, d), k/v (B, heads, T, d): rows in cond_rows (None = all; a slice, a
-        list or a bool/long tensor of batch rows) regional, the other rows plain."""
+        list or a bool/long tensor of batch rows) regional, the other rows `plain(q, k, v)` (default: SDPA; a
+        host passes its own attention function)."""
+        plain = plain or F.scaled_dot_product_attention
         rows = _row_selection(cond_rows, q.shape[0])
         plan = None if rows is None else self.plan_for(q.shape[2], k.shape[2], q.device, q.dtype, tiled)
         if plan is None:
-            return F.scaled_dot_product_attention(q, k, v)
+            return plain(q, k, v)
         if isinstance(rows, slice):  # the usual case (A1111: cond first; Forge: uncond first): views, no sync
             start, stop = rows.start, rows.stop
             parts = [attend(q[start:stop], k[start:stop], v[start:stop], plan)]
             if start > 0:
-                parts.insert(0, F.scaled_dot_product_attention(q[:start], k[:start], v[:start]))
+                parts.insert(0, plain(q[:start], k[:start], v[:start]))
             if stop < q.shape[0]:
-                parts.append(F.scaled_dot_product_attention(q[stop:], k[stop:], v[stop:]))
+                parts.append(plain(q[stop:], k[stop:], v[stop:]))
             return parts[0] if len(parts) == 1 else torch.cat(parts)
         if isinstance(rows, torch.Tensor):
             rows = rows.to(q.device)
@@ -221,7 +227,7 @@ class RegionalAttention:
         out = q.new_empty(q.shape[:-1] + v.shape[-1:])
         out[rows] = attend(q[rows], k[rows], v[rows], plan)
         if bool(others.any()):
-            out[others] = F.scaled_dot_product_attention(q[others], k[others], v[others])
+            out[others] = plain(q[others], k[others], v[others])
         return out
 
 

@@ -291,10 +291,9 @@ class ForgeCrossAttention(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(0.0))
 
     def attention(self, q, k, v):
-        b = q.shape[0]
-        q, k, v = (t.view(b, -1, self.heads, self.dim_head).transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v)
-        return out.transpose(1, 2).reshape(b, -1, self.heads * self.dim_head)
+        # backend/nn/unet.py CrossAttention.forward: `out = attention_function(q, k, v, self.heads, mask)`
+        from backend import attention
+        return attention.attention_function(q, k, v, self.heads)
 
     def forward(self, x, context=None, value=None, transformer_options={}):
         context = x if context is None else context
@@ -450,10 +449,10 @@ class Rig:
         from modules import shared
         p = params.denoiser.p
         model = p.sd_model
-        info = {'hr': p.is_hr_pass, 'prompt': p.prompts[0], 'cond_len': params.text_cond.shape[1], 'emphasis': shared.opts.emphasis,
+        info = {'model': model, 'hr': p.is_hr_pass, 'prompt': p.prompts[0], 'cond_len': params.text_cond.shape[1], 'emphasis': shared.opts.emphasis,
                 'denoise': p.denoising_strength, 'total': params.total_sampling_steps}
         if hasattr(model, 'forge_objects'):
-            options = params.denoiser.sampler.unet_patcher.model_options['transformer_options']
+            options = model.forge_objects.unet.model_options['transformer_options']  # what this step runs
             info['patched'] = len(options.get('patches_replace', {}).get('attn2', {}))
         else:
             info['hooked'] = len(forward_attributes(model.model.diffusion_model))
@@ -521,3 +520,40 @@ def check_step_window(rig):
     assert [s['regional'] for s in Rig.steps] == [True, True, False]
     results = (full, plain, late, early)
     assert not any(images_equal(a, b) for i, a in enumerate(results) for b in results[i + 1:])
+
+
+class NoCrossAttentionUNet(nn.Module):
+    """A denoiser without attn2 (what Flux / SD3 are to the extension)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x, timesteps=None, context=None, transformer_options=None):
+        return self.conv(x)
+
+
+def check_refiner_switch(rig, refiner, plain_refiner):
+    """Both hosts load the refiner inside the sampling pass (sd_samplers_common.apply_refiner): the regions
+    continue on it (a later window still changes the image), the infotext and console say so; a refiner that
+    cannot take regions is named in the infotext; no hook is left on either model."""
+    from modules import sd_models
+    sd_models.CheckpointInfo('base', rig.model)
+    switch = dict(steps=4, refiner_checkpoint_info=sd_models.CheckpointInfo('refiner', refiner),
+                  refiner_switch_at=0.5)
+    p, full = rig.generate(omost(), **switch)
+    assert [s['model'] for s in Rig.steps] == [rig.model] * 2 + [refiner] * 2
+    assert all(s['regional'] for s in Rig.steps)
+    if hasattr(refiner, 'forge_objects'):
+        assert all(s['patched'] for s in Rig.steps)
+    else:
+        assert all(s['hooked'] for s in Rig.steps)
+        assert forward_attributes(refiner.model.diffusion_model) == []
+        assert forward_attributes(rig.model.model.diffusion_model) == []
+    assert 'Omost model switch: regions continued on refiner' in full.info
+    _, early = rig.generate(omost(end=0.5), **switch)  # regions on the base model only
+    assert not images_equal(full, early)
+    switch['refiner_checkpoint_info'] = sd_models.CheckpointInfo('flux-like', plain_refiner)
+    _, res = rig.generate(omost(), **switch)
+    assert [s['regional'] for s in Rig.steps] == [True, True, None, None]
+    assert 'Omost model switch: "switched to flux-like, which has no cross-attention' in res.info

@@ -35,15 +35,27 @@ class A1111CFGDenoiser:
         self.steps = self.total_steps = None
         self.image_cfg_scale = None  # KDiffusionSampler.initialize: getattr(p, 'image_cfg_scale', None)
 
+    def update_inner_model(self):
+        """CFGDenoiser.update_inner_model: the sampler's conds from the (new) model."""
+        c, uc = self.p.get_conds()
+        self.sampler.sampler_extra_args['cond'] = c
+        self.sampler.sampler_extra_args['uncond'] = uc
+
+    def refiner(self, cond, uncond):
+        """The first lines of CFGDenoiser.forward (both hosts)."""
+        if shared.state.interrupted or shared.state.skipped:
+            raise sd_samplers_common.InterruptedException
+        if sd_samplers_common.apply_refiner(self):
+            return self.sampler.sampler_extra_args['cond'], self.sampler.sampler_extra_args['uncond']
+        return cond, uncond
+
     def inner(self, x, sigma, context):
         c_in = 1.0 / torch.sqrt(sigma ** 2 + 1.0)
         eps = self.p.sd_model.apply_model(x * c_in[:, None, None, None], _timesteps(sigma), context)
         return x - eps * sigma[:, None, None, None]
 
     def callbacks(self, x, sigma, uncond, cond):
-        """Interrupt check and on_cfg_denoiser; the callbacks may replace x, sigma, text_cond and text_uncond."""
-        if shared.state.interrupted or shared.state.skipped:
-            raise sd_samplers_common.InterruptedException
+        """on_cfg_denoiser; the callbacks may replace x, sigma, text_cond and text_uncond."""
         params = script_callbacks.CFGDenoiserParams(x, None, sigma, shared.state.sampling_step,
                                                     shared.state.sampling_steps, cond, uncond, self)
         script_callbacks.cfg_denoiser_callback(params)
@@ -71,6 +83,7 @@ class A1111CFGDenoiser:
     def forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond=0.0):
         """The row layout of A1111 1.10's modules/sd_samplers_cfg_denoiser.py CFGDenoiser.forward, line for line
         (its image_cond / c_concat and mask blending left out: the tiny UNet takes no extra channels)."""
+        cond, uncond = self.refiner(cond, uncond)
         opts = shared.opts
         is_edit_model = getattr(self.p.sd_model, 'cond_stage_key', None) == 'edit' \
             and self.image_cfg_scale is not None and self.image_cfg_scale != 1.0
@@ -141,7 +154,10 @@ class ForgeCFGDenoiser(A1111CFGDenoiser):
     memory_per_row = 1.0        # the UNet's memory_required(input_shape) per batch row
 
     def unet_call(self, x, sigma, context, cond_or_uncond):
-        unet = self.sampler.unet_patcher
+        # backend/sampling/sampling_function.py sampling_function: the UnetPatcher is read at every call from
+        # `self.inner_model.inner_model.forge_objects.unet`, the inner model being shared.sd_model
+        # (CFGDenoiserKDiffusion.inner_model)
+        unet = self.sampler.unet_patcher = shared.sd_model.forge_objects.unet
         b = x.shape[0] // len(cond_or_uncond)
         options = dict(unet.model_options.get('transformer_options', {}))
         options['cond_or_uncond'] = list(cond_or_uncond)
@@ -191,6 +207,7 @@ class ForgeCFGDenoiser(A1111CFGDenoiser):
         """modules/sd_samplers_cfg_denoiser.py (Forge) CFGDenoiser.forward -> sampling_function: the callback
         gets the unpadded conds; skip-early-CFG / NGMS set cond_scale 1; sampling_function_inner drops the
         uncond at cond_scale 1 (the cfg1 optimisation)."""
+        cond, uncond = self.refiner(cond, uncond)
         _, cond = prompt_parser.reconstruct_multicond_batch(cond, self.step)
         params = self.callbacks(x, sigma, uncond, cond)
         opts = shared.opts
@@ -236,6 +253,7 @@ class Sampler:
 
     def launch_sampling(self, p, x, sigmas, cond, uncond):
         self.model_wrap_cfg.p = p
+        self.sampler_extra_args = {'cond': cond, 'uncond': uncond}
         self.model_wrap_cfg.image_cfg_scale = getattr(p, 'image_cfg_scale', None)  # KDiffusionSampler.initialize
         if self.forge:
             self.unet_patcher = p.sd_model.forge_objects.unet

@@ -387,6 +387,8 @@ def cleanup():
     if job is not None:
         job.current = None
         _unhook_a1111(job)
+        for regional in {id(r): r for r in (job.regional, job.regional_hr) if r is not None}.values():
+            regional.clear_plans()  # the job is over: its masks and plans are not needed again
     _remove_all_a1111()
 
 

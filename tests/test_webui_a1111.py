@@ -67,6 +67,13 @@ def test_refiner_switch_inside_the_pass_keeps_the_regions(rig):
     check_refiner_switch(rig, A1111Model(tiny_ldm_unet(seed=3)), A1111Model(NoCrossAttentionUNet()))
 
 
+def test_plans_live_for_the_job_only(rig):
+    p, _ = rig.generate(omost(DRAGON), steps=2)
+    assert Rig.steps[1]['plan_bytes'] > 0  # built in step 1, reused in step 2
+    job = p._omost_job
+    assert job.regional.plan_bytes == 0 and not job.regional._masks  # freed when the job ended
+
+
 def test_infotext_records_canvas_and_options_and_pastes_back(rig):
     from lib_omost.canvas import load_canvas
     from modules import infotext_utils, script_callbacks

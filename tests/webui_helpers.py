@@ -461,6 +461,7 @@ class Rig:
         info['latent_size'] = getattr(current, 'latent_size', None)
         info['progress'] = getattr(current, 'progress', None)  # Omost's callback ran before this probe
         info['regional'] = getattr(current, 'active', None)
+        info['plan_bytes'] = getattr(current, 'plan_bytes', None)  # plans of the earlier steps of this pass
         info['sampling_step'] = params.sampling_step
         Rig.steps.append(info)
 

@@ -231,6 +231,54 @@ class A1111Model(_ModelBase):
         return self.get_learned_conditioning([''])
 
 
+class _SDXLConds:
+    """SDXL text conditioning as both hosts return it: {'crossattn': (B, T, C), 'vector': (B, V)} (A1111
+    sd_models_xl.get_learned_conditioning; Forge backend/diffusion_engine/sdxl.py). The tiny rig's crossattn is one
+    CLIP-like encoder (the hosts concatenate CLIP-L and CLIP-G on the channels, same tokens) and the vector is
+    zeros: the tiny UNets take no class embedding."""
+
+    def get_learned_conditioning(self, prompts):
+        from modules.prompt_parser import DictWithShape
+        crossattn = self.embedder.encode(prompts)
+        return DictWithShape({'crossattn': crossattn, 'vector': crossattn.new_zeros(crossattn.shape[0], 8)})
+
+
+def tiny_sdxl_ldm_unet(seed=0):
+    """A tiny UNet laid out like SDXL's: no attention at the first level, three levels (sgm itself is not on
+    PyPI; ldm's SpatialTransformer cannot stack blocks on one context, so one block per level: Forge's rig has
+    the deep stacks)."""
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    torch.manual_seed(seed)
+    unet = UNetModel(image_size=16, in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2, 2),
+                     num_res_blocks=1, attention_resolutions=(2, 4), use_spatial_transformer=True,
+                     transformer_depth=1, context_dim=CONTEXT_DIM, num_head_channels=16,
+                     use_linear_in_transformer=True, legacy=False)
+    with torch.no_grad():
+        for p in unet.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.05)
+    return unet.eval()
+
+
+class A1111SDXLModel(_SDXLConds, A1111Model):
+    """A1111's SDXL model: `conditioner.embedders[0]` tokenizes (FrozenCLIPEmbedderForSDXLWithCustomWords),
+    conds are dicts, apply_model passes c['crossattn'] as the UNet's context (sgm OpenAIWrapper)."""
+    is_sd1, is_sdxl = False, True
+
+    def __init__(self, unet):
+        super().__init__(unet)
+        self.conditioner = nn.Module()
+        self.conditioner.embedders = nn.ModuleList([self.embedder])
+        del self.cond_stage_model
+
+    def apply_model(self, x, t, cond):
+        return self.model.diffusion_model(x, t, context=cond['crossattn'])
+
+    @property
+    def cond_stage_model_empty_prompt(self):
+        return self.get_learned_conditioning([''])['crossattn']
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Forge: UnetPatcher, forge_objects and a UNet with Forge's attn2 patch dispatch
 
@@ -332,10 +380,10 @@ class ForgeTransformerBlock(nn.Module):
 
 
 class ForgeSpatialTransformer(nn.Module):
-    def __init__(self, dim):
+    def __init__(self, dim, depth=1):
         super().__init__()
         self.proj_in = nn.Conv2d(dim, dim, 1)
-        self.transformer_blocks = nn.ModuleList([ForgeTransformerBlock(dim)])
+        self.transformer_blocks = nn.ModuleList([ForgeTransformerBlock(dim) for _ in range(depth)])
         self.proj_out = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x, context, transformer_options):
@@ -381,6 +429,42 @@ class ForgeTinyUNet(nn.Module):
         return self.conv_out(h)
 
 
+class ForgeTinySDXLUNet(nn.Module):
+    """Forge's SDXL attn2 keys (backend/nn/unet.py, SDXL transformer_depth [0, 2, 10] / middle 10 /
+    output [10, 10, 10, 2, 2, 2]): ('input', 4) with block_index 0-1, ('input', 7), ('middle', 0) and
+    ('output', 2) with 0-9, ('output', 5) with 0-1; no attention at the first level; three levels."""
+
+    LAYOUT = (('input', 4, 2, 1), ('input', 7, 10, 2), ('middle', 0, 10, 2), ('output', 2, 10, 2),
+              ('output', 5, 2, 1))  # (block, id, depth, level)
+
+    def __init__(self, dim=32, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv_in = nn.Conv2d(4, dim, 3, padding=1)
+        self.time = nn.Linear(1, dim)
+        self.down1 = nn.Conv2d(dim, dim, 3, stride=2, padding=1)
+        self.down2 = nn.Conv2d(dim, dim, 3, stride=2, padding=1)
+        self.attn = nn.ModuleList([ForgeSpatialTransformer(dim, depth) for _, _, depth, _ in self.LAYOUT])
+        self.conv_out = nn.Conv2d(dim, 4, 3, padding=1)
+
+    def forward(self, x, timesteps, context, transformer_options):
+        to = dict(transformer_options)
+        to['original_shape'] = list(x.shape)
+        to['transformer_index'] = 0
+        h0 = self.conv_in(x) + self.time(timesteps[:, None].float() / 100.0)[:, :, None, None]
+        h1 = self.down1(h0)
+        h = {1: h1}
+        for (block, number, _, level), attn in zip(self.LAYOUT, self.attn):
+            if level == 2 and 2 not in h:
+                h[2] = self.down2(h[1])
+            to['block'] = (block, number)
+            h[level] = attn(h[level], context, to)
+            to['transformer_index'] += 1
+            if block == 'output' and level == 2:
+                h[1] = h[1] + F.interpolate(h[2], size=h[1].shape[-2:], mode='nearest')
+        return self.conv_out(h0 + F.interpolate(h[1], size=h0.shape[-2:], mode='nearest'))
+
+
 class KModel(nn.Module):
     def __init__(self, diffusion_model):
         super().__init__()
@@ -399,6 +483,17 @@ class ForgeModel(_ModelBase):
         self.forge_objects = ForgeObjects(UnetPatcher(self.kmodel), vae=self.vae)
         self.forge_objects_original = self.forge_objects.shallow_copy()
         self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
+
+
+class ForgeSDXLModel(_SDXLConds, ForgeModel):
+    """Forge's SDXL engine: `text_processing_engine_l` tokenizes (CLIP-L; _g has the same tokens), conds are
+    dicts."""
+    is_sd1, is_sdxl = False, True
+
+    def __init__(self, unet_module):
+        super().__init__(unet_module)
+        self.text_processing_engine_l = self.embedder
+        del self.text_processing_engine
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -30,19 +30,31 @@ from omost_webui.host_tokenizer import find_tokenize_line
 INFOTEXT_ENABLED = 'Omost'
 INFOTEXT_CANVAS = 'Omost canvas'
 INFOTEXT_OPTIONS = 'Omost options'
-INFOTEXT_MODEL_SWITCH = 'Omost model switch'
+INFOTEXT_NOTES = 'Omost notes'
 
 _active = None   # the Job whose sampling is running; global callbacks act only for it
 _said_once = set()  # console notices printed once per session
 
 
-class OmostInputError(ValueError):
-    """Bad canvas or options. `status_code` and `detail` are what the WebUI's API error handler reports."""
+try:  # both hosts' API error handler prints a full traceback for any exception that is not an HTTPException
+    from fastapi.exceptions import HTTPException as _Quiet  # (modules/api/api.py: api_middleware.handle_exception)
+except ImportError:  # the extension's core tests without fastapi
+    _Quiet = Exception
+
+
+class OmostInputError(_Quiet, ValueError):
+    """Bad canvas, options or script args. `status_code` and `detail` are what the WebUI's API error handler
+    reports (HTTP 422); being an HTTPException, it is answered without a traceback in the console, where
+    `refuse` has printed the one line that matters."""
 
     def __init__(self, message: str):
-        super().__init__(message)
+        ValueError.__init__(self, message)
         self.status_code = 422
         self.detail = message
+        self.headers = None
+
+    def __str__(self):  # HTTPException's would prefix '422: '; the UI's error box shows str(e)
+        return self.detail
 
 
 @dataclasses.dataclass
@@ -53,7 +65,6 @@ class Job:
     forge: bool
     arch: str
     preset: object = None        # lib_omost.presets.Preset, resolved (and validated) in process()
-    notes: set = dataclasses.field(default_factory=set)  # bag warnings already printed
     counter: tuple = None        # (count, chunk_count) from the host's tokenizer
     host_prompts: dict = dataclasses.field(default_factory=dict)  # cleaned prompt box text -> HostPrompt
     regional: object = None      # RegionalAttention of the first pass (None: plain attention)
@@ -68,6 +79,16 @@ class Job:
 
 def _job(p):
     return getattr(p, '_omost_job', None)
+
+
+def note(p, message: str):
+    """Something the user must know about this job (a repaired canvas, an ignored statement, regions off for a
+    batch): one line in the console, and the infotext's 'Omost notes', which the API answers with in `info`."""
+    notes = p.__dict__.setdefault('_omost_notes', [])
+    if message not in notes:
+        notes.append(message)
+        print(f'[Omost] {message}')
+        p.extra_generation_params[INFOTEXT_NOTES] = '; '.join(notes)
 
 
 def _say_once(key: str, message: str):
@@ -119,7 +140,20 @@ def _emphasis(p) -> str:
     return p.override_settings.get('emphasis', getattr(shared.opts, 'emphasis', 'Original'))
 
 
+def is_enabled(value) -> bool:
+    """The script's first arg: a bool from the UI, any of the forms `parse_switch` takes from the API."""
+    from lib_omost.options import parse_switch
+    try:
+        return parse_switch(value, 'Omost script arg 0 (enabled)')
+    except CanvasError as e:
+        raise OmostInputError(f'{e}; the args are [enabled, canvas, options]') from None
+
+
 def before_process(p, enabled, canvas_text, options_text):
+    try:
+        enabled = is_enabled(enabled)
+    except OmostInputError:
+        return  # process() refuses the job
     if enabled and _emphasis(p) == 'None' and getattr(p, 'override_settings_restore_afterwards', True):
         p.override_settings['emphasis'] = 'Original'
 
@@ -153,6 +187,11 @@ def parse_inputs(canvas_value, options_value, presets_file: str = ''):
 
 def process(p, enabled, canvas_value, options_value):
     cleanup()  # a failed earlier job (any tab) may have left hooks behind
+    try:
+        enabled = is_enabled(enabled)
+    except OmostInputError as e:
+        refuse(p, e)
+        return
     if not enabled:
         return
     from omost_webui import settings
@@ -173,8 +212,8 @@ def process(p, enabled, canvas_value, options_value):
         if hasattr(p, 'comment'):
             p.comment('Omost: ' + message)
         return
-    for w in warnings:  # repairs of the LLM's code: worth a line in the console, not an error
-        print(f'[Omost] canvas: {w}')
+    for w in warnings:  # repairs of the LLM's code: worth a note, not an error
+        note(p, f'canvas: {w}')
     job = Job(p=p, canvas=canvas, options=options, forge=is_forge(p), arch=arch, preset=preset)
     from omost_webui.prompt_rewrite import check
     try:
@@ -240,10 +279,12 @@ def process_before_every_sampling(p, x):
     _active = job
     job.current = regional
     if job.switched and job.model is None and regional is not None:  # a hires checkpoint, loaded before this pass
-        _switch_note(job, f'regions continued on {_model_title(p.sd_model)}')
+        note(job.p, f'regions continued on {_model_title(p.sd_model)}')
     job.model = p.sd_model
     if regional is not None:
         regional.set_latent_size(int(x.shape[-2]), int(x.shape[-1]))
+        regional.set_image_size(int(x.shape[-2]), int(x.shape[-1]))  # the whole image: other sizes are tiles
+        regional.notify = lambda message: note(p, message)
         if job.forge:
             _patch_forge(p, job, regional)
         else:
@@ -319,12 +360,6 @@ def _model_title(model) -> str:
     return getattr(info, 'short_title', None) or getattr(info, 'title', None) or 'the new model'
 
 
-def _switch_note(job, message: str):
-    """A model switch and what became of the regions: in the console and in the infotext."""
-    print(f'[Omost] {message}')
-    job.p.extra_generation_params[INFOTEXT_MODEL_SWITCH] = message
-
-
 def _follow_model(job) -> bool:
     """Put the regions on the model that samples now, when it is not the one they were put on (the refiner
     switch happened in this denoiser call); False when the new model cannot take them."""
@@ -335,7 +370,7 @@ def _follow_model(job) -> bool:
     job.model = model
     title = _model_title(model)
     if detect_arch(p) is None or find_tokenize_line(model) is None:
-        _switch_note(job, f'switched to {title}, which has no cross-attention / CLIP text encoder Omost knows: '
+        note(job.p, f'switched to {title}, which has no cross-attention / CLIP text encoder Omost knows: '
                           'the rest of the job ran without regions')
         job.current = None
         return False
@@ -345,7 +380,7 @@ def _follow_model(job) -> bool:
     else:
         _hook_a1111(p, job, job.current)
     job.check_length = True
-    _switch_note(job, f'regions continued on {title}')
+    note(job.p, f'regions continued on {title}')
     return True
 
 
@@ -355,7 +390,7 @@ def _check_switched_cond(job, params):
     job.check_length = False
     length = cond_token_count(params.text_cond)
     if length != job.current.cond_length:
-        _switch_note(job, f'switched to {_model_title(job.model)}, whose cond has {length} tokens where the '
+        note(job.p, f'switched to {_model_title(job.model)}, whose cond has {length} tokens where the '
                           f'regions expect {job.current.cond_length}: the rest of the job ran without regions')
         job.current = None
 

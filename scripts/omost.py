@@ -57,6 +57,7 @@ class Script(scripts.Script):
         generation.postprocess(p)
 
 
+settings.hide_api_key()
 script_callbacks.on_ui_settings(settings.register)
 script_callbacks.on_cfg_denoiser(generation.on_cfg_denoiser)
 script_callbacks.on_infotext_pasted(on_infotext_pasted)

@@ -62,7 +62,7 @@ def test_regions_patch_the_pass_and_change_the_result(rig, baseline):
     steps = list(Rig.steps)
     _, bags_only = rig.generate(omost(DRAGON, regions=False))
     assert errors.reported == []
-    assert all(s['patched'] == 3 * 16 * 16 for s in steps)  # every (block, id, index) key, as replace_all
+    assert all(s['patched'] == 3 * 16 * 17 for s in steps)  # every (block, id, index) and (block, id) key
     assert not images_equal(res, baseline) and not images_equal(res, bags_only)
     # 24 bags of 1848 tokens vs a 77-token negative: LCM/min = 24 > 4, so Forge runs separate calls
     assert steps[0]['cond_len'] == 77 * (steps[0]['prompt'].count(' BREAK ') + 1)
@@ -117,7 +117,7 @@ def test_composes_with_an_earlier_attn2_patch_and_a_later_clone(rig, baseline):
         p.scripts = runner
         Rig.steps = []
         res_both = processing.process_images(p)
-        assert all(s['patched'] == 3 * 16 * 16 for s in Rig.steps)
+        assert all(s['patched'] == 3 * 16 * 17 for s in Rig.steps)
         assert ip.calls > ip_calls_plain  # the earlier patch still runs inside Omost's
     finally:
         model.forge_objects_after_applying_lora = original

@@ -646,10 +646,10 @@ def check_refiner_switch(rig, refiner, plain_refiner):
         assert all(s['hooked'] for s in Rig.steps)
         assert forward_attributes(refiner.model.diffusion_model) == []
         assert forward_attributes(rig.model.model.diffusion_model) == []
-    assert 'Omost model switch: regions continued on refiner' in full.info
+    assert 'Omost notes: regions continued on refiner' in full.info
     _, early = rig.generate(omost(end=0.5), **switch)  # regions on the base model only
     assert not images_equal(full, early)
     switch['refiner_checkpoint_info'] = sd_models.CheckpointInfo('flux-like', plain_refiner)
     _, res = rig.generate(omost(), **switch)
     assert [s['regional'] for s in Rig.steps] == [True, True, None, None]
-    assert 'Omost model switch: "switched to flux-like, which has no cross-attention' in res.info
+    assert 'switched to flux-like, which has no cross-attention' in res.info and 'Omost notes: ' in res.info

@@ -9,7 +9,7 @@ import pytest
 
 from .client import CKPT, omost_args
 
-SWITCH_KEY = 'Omost model switch: regions continued on'
+SWITCH_KEY = 'regions continued on'  # in the infotext's Omost notes
 
 
 OTHER = 'random-sd15' if 'xl' in CKPT.lower() else 'random-sdxl'  # the checkpoint that is not under test

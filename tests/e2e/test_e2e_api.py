@@ -38,12 +38,12 @@ class ConsoleLines:
                 self.lines = f.read().decode('utf-8', errors='replace').splitlines()
 
 
-def test_every_form_of_off_is_off_and_of_on_is_on(webui, job, canvas):
-    plain = webui.txt2img(job()).ok()
+def test_every_form_of_off_is_off_and_of_on_is_on(webui, job, canvas, reference):
+    plain = reference('plain')
     for form in ('false', 0, 'False'):
         res = webui.txt2img(job(alwayson_scripts={'Omost': {'args': [form, canvas]}})).ok()
         assert res.pixels == plain.pixels and 'Omost' not in res.infotexts[0], form
-    on = webui.txt2img(job(alwayson_scripts=omost_args(canvas))).ok()
+    on = reference('omost')
     for form in ('true', 1, '1'):
         res = webui.txt2img(job(alwayson_scripts={'Omost': {'args': [form, canvas]}})).ok()
         assert res.pixels == on.pixels and 'Omost: True' in res.infotexts[0], form
@@ -69,14 +69,14 @@ def test_bad_options_are_a_422_without_a_traceback(webui, job, canvas):
     assert not any('Traceback' in line for line in console.lines), console.lines
 
 
-def test_canvas_warnings_reach_the_caller(webui, job, canvas):
+def test_canvas_warnings_reach_the_caller(webui, job, canvas, reference):
     code = canvas.replace("location='on the left'", "location='on the lefft'", 1) + '\nimport os\n'
     assert code != canvas + '\nimport os\n'
     res = webui.txt2img(job(alwayson_scripts=omost_args(code))).ok()
     notes = res.info['extra_generation_params']['Omost notes']
     assert 'import' in notes and 'lefft' in notes
     assert 'Omost notes: ' in res.infotexts[0]
-    assert 'Omost notes' not in webui.txt2img(job(alwayson_scripts=omost_args(canvas))).ok().infotexts[0]
+    assert 'Omost notes' not in reference('omost').infotexts[0]
 
 
 PROBE_PRESETS = {'format': 'omost-presets', 'version': 1, 'presets': {

@@ -87,16 +87,24 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--base-url', help='OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1')
     src.add_argument('--local', metavar='PATH', help='a local transformers model folder')
+    src.add_argument('--gguf', metavar='FILE', help='a GGUF file, or a known GGUF name, run in process by '
+                                                    'llama-cpp-python')
     p.add_argument('--model', help='model name on the server')
     p.add_argument('--api-key', default=None)
-    p.add_argument('--timeout', type=float, default=120.0, help='seconds to wait for the server (connect and read)')
+    p.add_argument('--timeout', type=float, default=120.0,
+                   help='seconds to wait for the server: to connect, for the first reply text and between pieces of '
+                        'text (keep-alives do not count)')
     p.add_argument('--seed', type=int, default=12345)
     p.add_argument('--temperature', type=float, default=0.6, help='0 = greedy')
     p.add_argument('--top-p', type=float, default=0.9)
     p.add_argument('--max-new-tokens', type=int, default=4096)
     p.add_argument('--no-cache', action='store_true', help='do not read or write the response cache')
     p.add_argument('--cache-dir', default=None, help='response cache folder')
-    p.add_argument('--models-dir', default='models/omost', help='where --local Omost model names are downloaded')
+    p.add_argument('--models-dir', default='models/omost',
+                   help='where --local Omost model names and --gguf known names are downloaded')
+    p.add_argument('--n-gpu-layers', type=int, default=None,
+                   help='--gguf: layers on the GPU (default: all with a GPU build of llama-cpp-python, else 0)')
+    p.add_argument('--threads', type=int, default=None, help="--gguf: CPU threads (default: llama.cpp's choice)")
     p.add_argument('-o', '--output', help='write the canvas code of the reply here')
     p.set_defaults(func=cmd_chat)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from lib_omost.canvas import CanvasError, load_canvas
+from lib_omost.canvas import CanvasError, canvas_to_infotext, load_canvas
 from lib_omost.options import parse_options
 from lib_omost.presets import get_preset, load_presets
 from omost_webui.host_tokenizer import find_tokenize_line
@@ -188,6 +188,9 @@ def process(p, enabled, canvas_value, options_value):
         refuse(p, e)
         return
     if not enabled:
+        if isinstance(canvas_value, str) and canvas_value.strip():  # easy to miss: say so, change nothing
+            print('[Omost] Omost is off, so this image ignores the canvas in the Omost accordion (tick "Omost" in '
+                  'its header to use it).')
         return
     from omost_webui import settings
     try:
@@ -218,9 +221,16 @@ def process(p, enabled, canvas_value, options_value):
         return
     p._omost_job = job
     _cleanup_on_close(p)
-    p.extra_generation_params[INFOTEXT_ENABLED] = True
-    p.extra_generation_params[INFOTEXT_CANVAS] = json.dumps(canvas.to_json(), separators=(',', ':'))
+    p.extra_generation_params[INFOTEXT_ENABLED] = infotext_summary(canvas, options)
+    p.extra_generation_params[INFOTEXT_CANVAS] = canvas_to_infotext(canvas)
     p.extra_generation_params[INFOTEXT_OPTIONS] = options.to_json()
+
+
+def infotext_summary(canvas, options) -> str:
+    """The readable 'Omost' infotext value, e.g. '5 regions, strength 1.0' (the canvas itself is compressed)."""
+    n = len(canvas.local_regions)
+    return f'{n} region{"s" if n != 1 else ""}, strength {options.strength:g}' + ('' if options.regions else
+                                                                                  ', regional attention off')
 
 
 def _cleanup_on_close(p):

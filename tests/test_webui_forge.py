@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lib_omost.canvas import load_canvas
 from webui_helpers import DRAGON, ForgeModel, ForgeTinyUNet, Rig, check_step_window, images_equal, omost
 
 
@@ -66,7 +67,7 @@ def test_regions_patch_the_pass_and_change_the_result(rig, baseline):
     # 24 bags of 1848 tokens vs a 77-token negative: LCM/min = 24 > 4, so Forge runs separate calls
     assert steps[0]['cond_len'] == 77 * (steps[0]['prompt'].count(' BREAK ') + 1)
     assert p.all_prompts == ['a photo <lora:foo:0.5>'] and res.infotexts[0].startswith('a photo <lora:foo:0.5>\n')
-    assert json.loads(p.extra_generation_params['Omost canvas'])['format'] == 'omost-canvas'
+    assert load_canvas(p.extra_generation_params['Omost canvas']).canvas == load_canvas(DRAGON).canvas
     assert images_equal(rig.generate()[1], baseline)
 
 

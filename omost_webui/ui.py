@@ -332,8 +332,7 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
                 now = time.monotonic()
                 if live_pending and now >= live_due:  # a few updates a second, never one per token
                     canvas_now, live_pending, live_due = live.code, False, now + LIVE_INTERVAL_S
-            regions = (f'{len(live.result.canvas.local_regions)} regions so far...'
-                       if live is not None and live.result is not None else '')
+            regions = _so_far(live.result.canvas) if live is not None and live.result is not None else ''
             text = ' '.join(filter(None, [continuing, upd.notice, regions]))
             status = status_html(text) if text and text != shown_status else keep
             shown_status = text or shown_status
@@ -370,6 +369,11 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
     except CanvasError:
         pass  # the engine's notice already says the reply has no canvas
     yield history, keep, canvas, status_html(_finished_status(upd, continuing), 'ok')
+
+
+def _so_far(canvas) -> str:
+    n = len(canvas.local_regions)
+    return f'{n} region{"s" if n != 1 else ""} so far...' if n else 'The background so far...'
 
 
 def chat_with_editor(mode, session, *args, image_size=(), **kwargs):

@@ -52,7 +52,7 @@ def last_image(page, before):
     sel = '#txt2img_gallery img'
     page.wait_for_function('([sel, before]) => { const i = document.querySelector(sel); return i && i.src &&'
                            ' i.src !== before; }', arg=[sel, before or ''], timeout=WAIT)
-    src = page.locator(sel).first.get_attribute('src')
+    src = page.evaluate('sel => document.querySelector(sel).src', sel)  # absolute
     return src, page.request.get(src).body()
 
 

@@ -119,7 +119,7 @@ def main():
             for k in range(1, 6):
                 page.mouse.move(start[0] - 20 * stage['width'] / 90 * k / 5, start[1] - 20 * stage['height'] / 90 * k / 5)
             summary['phrase_while_dragging'] = page.inner_text(f'{P}editor .omost-ed-phrase')
-            shot(page, 'dragging', f'{P}editor')
+            shot(page, 'dragging')  # the viewport: an element screenshot scrolls, which cancels the drag
             page.mouse.up()
             cx, cy = layout.centre(region['location'], region['offset'])
             region['location'], region['offset'] = layout.snap_move(cx - 20, cy - 20)

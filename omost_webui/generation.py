@@ -145,7 +145,7 @@ def parse_inputs(canvas_value, options_value, presets_file: str = ''):
     return result.canvas, result.warnings, options, preset
 
 
-def process(p, enabled, canvas_value, options_value):
+def process(p, enabled, canvas_value, options_value, guidance_value=None, guide_images=()):
     cleanup()  # a failed earlier job (any tab) may have left hooks behind
     if not enabled:
         return
@@ -181,6 +181,18 @@ def process(p, enabled, canvas_value, options_value):
     p.extra_generation_params[INFOTEXT_ENABLED] = True
     p.extra_generation_params[INFOTEXT_CANVAS] = json.dumps(canvas.to_json(), separators=(',', ':'))
     p.extra_generation_params[INFOTEXT_OPTIONS] = options.to_json()
+    _guidance_process(p, job, guidance_value, guide_images)
+
+
+def _guidance_process(p, job, guidance_value, guide_images):
+    """Image guidance (omost_webui.guidance_step): bad guides refuse the job like a bad canvas."""
+    from lib_omost.vision import VisionError
+    from omost_webui import guidance_step
+    try:
+        guidance_step.process(p, job, guidance_value, guide_images)
+    except (CanvasError, VisionError) as e:
+        p._omost_job = None
+        refuse(p, OmostInputError(str(e)))
 
 
 def _cleanup_on_close(p):
@@ -205,6 +217,8 @@ def process_batch(p):
     from omost_webui.prompt_rewrite import rewrite
     first = rewrite(p, job, p.prompts)
     job.regional = _regional(job, first)
+    from omost_webui import guidance_step
+    guidance_step.process_batch(p)
     job.regional_hr = job.regional
     hr_prompts = getattr(p, 'hr_prompts', None)
     if getattr(p, 'enable_hr', False) and hr_prompts:
@@ -222,12 +236,14 @@ def _regional(job, layout):
     return RegionalAttention(rects, token_region, None, o.strength, o.start, o.end)
 
 
-def process_before_every_sampling(p, x):
+def process_before_every_sampling(p, x, c=None):
     global _active
     job = _job(p)
     if job is None:
         return
     hr = bool(getattr(p, 'is_hr_pass', False))
+    from omost_webui import guidance_step
+    guidance_step.process_before_every_sampling(p, job, c, hr)
     regional = job.regional_hr if hr else job.regional
     if hr and not job.options.hires:
         regional = None
@@ -292,6 +308,8 @@ def postprocess(p):
 def cleanup():
     """Disarm and remove everything this extension may have attached to the model (idempotent, cheap)."""
     global _active
+    from omost_webui import guidance_step
+    guidance_step.restore()
     job, _active = _active, None
     if job is not None:
         job.current = None

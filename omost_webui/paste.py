@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lib_omost.canvas import CanvasError, load_canvas
 from omost_webui.generation import INFOTEXT_CANVAS, INFOTEXT_ENABLED
+from omost_webui.guidance_step import INFOTEXT_GUIDANCE
 
 
 def on_infotext_pasted(infotext: str, params: dict):
@@ -11,6 +12,8 @@ def on_infotext_pasted(infotext: str, params: dict):
     full infotext written without it (so the pasted image is reproduced)."""
     if INFOTEXT_ENABLED not in params and 'Steps' in params:
         params[INFOTEXT_ENABLED] = 'False'
+    if INFOTEXT_GUIDANCE not in params and 'Steps' in params:
+        params[INFOTEXT_GUIDANCE] = '[]'  # an image made without guidance: no guide applies until one is set
     value = params.get(INFOTEXT_CANVAS)
     if not isinstance(value, str) or not value.lstrip().startswith(('{', '[')):
         return

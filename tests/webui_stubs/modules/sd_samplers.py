@@ -5,12 +5,13 @@
   their LCM is at most 4x the shorter (each context tiled to the LCM), separate calls otherwise; the UnetPatcher
   read from `p.sd_model.forge_objects.unet` when sampling starts; transformer_options carry cond_or_uncond,
   cond_indices, uncond_indices, cond_mark and sigmas.
-Interrupts raise InterruptedException in the denoiser; the sampler returns the last latent."""
+Interrupts raise InterruptedException in the denoiser; the sampler returns the last latent. The cond is the
+MulticondLearnedConditioning of processing.setup_conds, stacked per step (prompt_parser.reconstruct_multicond_batch)."""
 import math
 
 import torch
 
-from modules import script_callbacks, sd_samplers_common, shared
+from modules import prompt_parser, script_callbacks, sd_samplers_common, shared
 
 
 def create_sampler(sd_model):
@@ -114,7 +115,8 @@ class Sampler:
             for i in range(len(sigmas) - 1):
                 shared.state.sampling_step = i
                 sigma = sigmas[i] * x.new_ones(x.shape[0])
-                denoised = self.model_wrap_cfg.forward(x, sigma, uncond, cond, p.cfg_scale)
+                step_cond = prompt_parser.reconstruct_multicond_batch(cond, i)  # as CFGDenoiser.forward
+                denoised = self.model_wrap_cfg.forward(x, sigma, uncond, step_cond, p.cfg_scale)
                 self.last_latent = denoised
                 x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
         except sd_samplers_common.InterruptedException:

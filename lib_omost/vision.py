@@ -183,10 +183,11 @@ def load_tower(path: str, device='cpu', dtype=torch.float32):
     """A transformers CLIPVisionModelWithProjection with the file's weights (strict: every vision key present)."""
     from safetensors.torch import load_file
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    weights = weights_file(path)  # refuses anything but safetensors
     config = tower_config(path)
     if config is None:
         raise VisionError(f'{path} is not a CLIP vision tower (no visual_projection.weight)')
-    state = load_file(weights_file(path))
+    state = load_file(weights)
     prefix = _prefix({k: None for k in state})
     state = {k[len(prefix):]: t for k, t in state.items()
              if k.startswith(prefix + 'vision_model.') or k == prefix + 'visual_projection.weight'}

@@ -115,10 +115,10 @@ def controls_from_guidance(guidance_json, *current):
         for i, entry in enumerate(value, 1):  # the same checks as generation, so a bad paste says why now
             if isinstance(entry, dict):
                 check_entry(entry, f'Omost guide image {i}')
-    except ValueError as e:
-        return keep + [_status(f'Omost guidance: {e}', 'error')]
     except CanvasError as e:
         return keep + [_status(str(e), 'error')]
+    except ValueError as e:  # not JSON
+        return keep + [_status(f'Omost guidance: {e}', 'error')]
     updates, missing = list(keep), []
     for i, entry in enumerate(value[:SLOTS]):
         if not isinstance(entry, dict):

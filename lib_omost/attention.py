@@ -110,11 +110,6 @@ def layer_size(pixels: int, height: int, width: int):
     return (h, w) if h * w == pixels else None
 
 
-def step_fraction(step, total) -> float:
-    """How far the sampling is, 0 at the first step, from a host's step counter."""
-    return float(step) / max(1, int(total))
-
-
 class RegionalAttention:
     """Per-generation state the host hooks share: the canvas rects, the cond token map, the latent size, the
     strength and the step window. Masks and plans are built once per layer size, device and dtype."""
@@ -134,6 +129,8 @@ class RegionalAttention:
         self.latent_size = None  # (H, W) of the latent; hooks update it per UNet call
         if latent_size is not None:
             self.set_latent_size(*latent_size)
+        self.image_size = None   # (H, W) of the latent the sampler denoises; see set_image_size
+        self.notify = None       # callable(message): where the job tells the user (console, status, infotext)
         self.progress = 0.0
         self._masks = {}
         self._plans = {}
@@ -145,6 +142,21 @@ class RegionalAttention:
 
     def set_latent_size(self, height: int, width: int):
         self.latent_size = (int(height), int(width))
+
+    def set_image_size(self, height: int, width: int):
+        """The latent of the whole image this pass samples. A UNet call on another size sees a tile of it (tiled
+        diffusion: Forge's built-in MultiDiffusion, A1111's Tiled Diffusion extension), and nothing says where the
+        tile lies: such calls get plain attention, never the whole canvas squeezed into the tile."""
+        self.image_size = (int(height), int(width))
+
+    def _tile(self):
+        """Message for a UNet call on a tile of the image, or None."""
+        if self.image_size is None or self.latent_size is None or self.latent_size == self.image_size:
+            return None
+        (th, tw), (h, w) = self.latent_size, self.image_size
+        return (f'tiled diffusion is on (the UNet sees {th * 8}x{tw * 8} px tiles of the {h * 8}x{w * 8} px image): '
+                'regions are not applied to tiles, the region prompts act on every tile as one prompt. Turn '
+                'tiled diffusion off for regional prompting.')
 
     def set_progress(self, fraction: float):
         self.progress = float(fraction)
@@ -158,7 +170,10 @@ class RegionalAttention:
     def _log_once(self, message: str):
         if message not in self._logged:
             self._logged.add(message)
-            log.warning('Omost: %s', message)
+            if self.notify is not None:
+                self.notify(message)
+            else:
+                log.warning('Omost: %s', message)
 
     def layer_masks(self, h: int, w: int, device) -> torch.Tensor:
         key = (h, w, str(device))
@@ -189,7 +204,10 @@ class RegionalAttention:
         plan = None
         size = layer_size(pixels, *self.latent_size) if self.latent_size else None
         columns = self.columns(length, tiled)
-        if self.latent_size is None:
+        tile = self._tile()
+        if tile:
+            self._log_once(tile)
+        elif self.latent_size is None:
             self._log_once('the latent size is unknown; plain attention')
         elif size is None:
             self._log_once(f'no UNet level of the {self.latent_size[0]}x{self.latent_size[1]} latent has '

@@ -159,8 +159,15 @@ def omost_rect(location: str, offset: str, area: str) -> tuple:
 
 
 def _nearest_exact_index(out_size: int) -> np.ndarray:
-    # torch's `nearest-exact`: src = min(floor((dst + 0.5) * in / out), in - 1)
-    return np.minimum(np.floor((np.arange(out_size) + 0.5) * (GRID / out_size)).astype(np.int64), GRID - 1)
+    """Source row of each output row under torch's `nearest-exact` (what Omost resizes its masks with).
+
+    torch (aten UpSample.h, `nearest_neighbor_exact_compute_source_index`) computes the scale in float32,
+    `float(in) / out`, multiplies `(dst + 0.5)` by it in double and floors the product rounded to float32:
+    src = min(floorf(float((dst + 0.5) * scale)), in - 1). Exact float64 arithmetic differs at sizes such as 33,
+    39 and 73, so the same roundings are done here."""
+    scale = np.float64(np.float32(GRID) / np.float32(out_size))
+    product = ((np.arange(out_size, dtype=np.float64) + 0.5) * scale).astype(np.float32)
+    return np.minimum(np.floor(product).astype(np.int64), GRID - 1)
 
 
 def region_masks(rects, height: int, width: int) -> np.ndarray:

@@ -104,8 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_guide_parser(sub)
 
     p = sub.add_parser('bench', help='benchmarks that print ratios side by side')
-    p.add_argument('what', choices=['canvas', 'attention', 'llm'])
+    p.add_argument('what', choices=['canvas', 'attention', 'llm', 'host'])
     p.add_argument('--quick', action='store_true', help='fewer shapes and repeats')
+    p.add_argument('--url', help='host: the running WebUI, e.g. http://127.0.0.1:7860')
+    p.add_argument('--pid', type=int, help='host: the WebUI process (CPU time and peak memory)')
+    p.add_argument('--pid-file', help='host: a file holding that pid')
+    p.add_argument('--jobs', help='host: CHECKPOINT:SIZE:STEPS,... (default random-sd15:512:20,random-sdxl:1024:4)')
+    p.add_argument('--repeats', type=int, help='host: timed runs of each kind (default 3)')
+    p.add_argument('--canvas', help='host: the canvas file (default: the dragon battle transcript)')
+    p.add_argument('--json', help='host: also write the figures here')
     p.set_defaults(func=cmd_bench)
     return parser
 

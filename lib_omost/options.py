@@ -29,6 +29,24 @@ class RenderOptions:
         return json.dumps(self.to_dict(), separators=(',', ':'))
 
 
+SWITCH_FORMS = 'true or false (also "true"/"false" or 0/1)'
+_SWITCH_WORDS = {'true': True, 'false': False, '1': True, '0': False}
+
+
+def parse_switch(value, name: str) -> bool:
+    """An on/off value in the forms API clients send: true/false, "true"/"false" (any case: the infotext writes
+    True/False), 0/1. Anything else is an error naming what is expected (Python's truthiness would turn the
+    string "false" on)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _SWITCH_WORDS:
+        return _SWITCH_WORDS[value.strip().lower()]
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + '...'
+    raise CanvasError(f'{name} must be {SWITCH_FORMS}, got {shown}')
+
+
 _RANGES = {'strength': (0.0, 2.0), 'start': (0.0, 1.0), 'end': (0.0, 1.0), 'sketch_denoise': (0.05, 1.0),
            'sketch_blur': (0, 45)}
 _CHOICES = {'prompt_target': ('every', 'global')}
@@ -39,8 +57,7 @@ def check_value(label: str, v, default, limits=None, choices=None):
     CanvasError('<label> must be ...') otherwise."""
     kind = type(default)
     if kind is bool:
-        if not isinstance(v, bool):
-            raise CanvasError(f'{label} must be true or false, got {v!r}')
+        v = parse_switch(v, label)
     elif kind in (int, float):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise CanvasError(f'{label} must be a number, got {v!r}')

@@ -11,6 +11,9 @@ and a forward pre-hook on the diffusion model counts the rows of each UNet call.
 as [cond rows, uncond rows] and sends them in order (one call, or chunks), so the rows of a call with an index
 below n_cond are cond. Cond rows get regional attention, the others the host's own forward.
 
+sd-webui-controlnet's IP-Adapter shadows the same attn2.forward (see `_ip_adapter_terms`): where it is on, the
+hooks add its image prompt terms to the rows they compute, and go back on top of it when it hooked after them.
+
 No `modules` import at module level: this file is imported in tests and on Forge.
 """
 
@@ -20,14 +23,15 @@ import logging
 import weakref
 
 import torch
+import torch.nn.functional as F
 
-from lib_omost.attention import attend, step_fraction
+from lib_omost.attention import attend
 
 log = logging.getLogger(__name__)
 
 CONTROLNET_MARK = 1024.0  # sd-webui-controlnet prepends a token of +-1024 to mark cond / uncond contexts
 
-_hooked = weakref.WeakKeyDictionary()  # attn2 module -> (owner, the instance forward it shadowed or None)
+_hooked = weakref.WeakKeyDictionary()  # attn2 module -> [our forwards installed on it, oldest first]
 _pre_hooks = []                         # (owner, RemovableHandle) of the diffusion-model pre-hooks
 _armed = None                           # the one A1111RegionalHooks whose hooks may act
 
@@ -36,25 +40,32 @@ def remove_all():
     """Disarm and remove every hook this module ever installed (idempotent)."""
     global _armed
     _armed = None
-    for module, (owner, previous) in list(_hooked.items()):
-        _unhook(module, previous)
+    for module in list(_hooked):
+        _unhook(module)
     for owner, handle in _pre_hooks:
         handle.remove()
     _pre_hooks.clear()
 
 
-def _unhook(module, previous):
-    current = module.__dict__.get('forward')
-    if getattr(current, 'omost_owner', None) is None:
-        # Someone else shadowed our hook after us (e.g. ControlNet's IP-Adapter); it will put ours back when it
-        # leaves, and ours is a no-op while disarmed. Keep it registered so a later removal can retry.
-        log.warning('Omost: %s.forward was replaced by another extension; leaving it', type(module).__name__)
-        return
-    if previous is None:
-        del module.forward
-    else:
-        module.forward = previous
-    _hooked.pop(module, None)
+def _unhook(module, owner=None):
+    """Take our forwards off `module` (those of `owner` only, when given), newest first, as far as they are on top.
+    One that another extension shadowed stays registered and comes off when it is back on top: sd-webui-controlnet
+    keeps the forward it shadowed and puts it back in its postprocess (plugable_ipadapter.py: clear_all_ip_adapter)."""
+    ours = _hooked.get(module, [])
+    while True:
+        current = module.__dict__.get('forward')
+        if current not in ours or (owner is not None and current.omost_owner is not owner):
+            break
+        if current.omost_previous is None:
+            del module.forward
+        else:
+            module.forward = current.omost_previous
+        ours.remove(current)
+    if ours and current not in ours and not _ip_adapter_terms(module):
+        # The forward we shadowed was put back over ours by its owner (no IP-Adapter left): ours are off the chain.
+        ours.clear()
+    if not ours:
+        _hooked.pop(module, None)
 
 
 def _host_hypernetworks():
@@ -64,7 +75,7 @@ def _host_hypernetworks():
         from modules.hypernetworks import hypernetwork
     except ImportError:
         return None
-    return lambda context: hypernetwork.apply_hypernetworks(shared.loaded_hypernetworks, context)
+    return lambda context, layer=None: hypernetwork.apply_hypernetworks(shared.loaded_hypernetworks, context, layer)
 
 
 def _crossattn(cond):
@@ -79,6 +90,16 @@ def _marked(cond) -> int:
         return 0
     first = cond[:, 0, :].detach().float()
     return int(bool(((first.abs() - CONTROLNET_MARK).abs() < 1e-3).all()))
+
+
+def _ip_adapter_terms(module):
+    """sd-webui-controlnet's IP-Adapter functions on this attn2 (empty when it has none).
+
+    Its `hack_blk` (scripts/ipadapter/plugable_ipadapter.py) shadows attn2.forward with `attn_forward_hacked`:
+    plain SDPA of q, k, v, then `out = out + f(self, x, q)` for every f in `module.ipadapter_hacks`, then to_out.
+    Each f attends q to its image prompt tokens, cond or uncond per row from the UNet call's `cond_mark`, so it
+    needs every row of the call."""
+    return tuple(getattr(module, 'ipadapter_hacks', None) or ())
 
 
 class A1111RegionalHooks:
@@ -126,16 +147,15 @@ class A1111RegionalHooks:
 
     def remove(self):
         self.disarm()
-        for module, (owner, previous) in list(_hooked.items()):
-            if owner is self:
-                _unhook(module, previous)
+        for module in list(_hooked):
+            _unhook(module, owner=self)
         for entry in [e for e in _pre_hooks if e[0] is self]:
             entry[1].remove()
             _pre_hooks.remove(entry)
 
     def _hook(self, module):
-        if module in _hooked:
-            _unhook(module, _hooked[module][1])
+        """Put our forward on top of `module`'s, whatever is there (the class's, an IP-Adapter's, an old one)."""
+        _unhook(module)
         previous = module.__dict__.get('forward')
         owner = self
 
@@ -143,8 +163,18 @@ class A1111RegionalHooks:
             return owner._forward(module, previous, x, context, mask, kwargs)
 
         forward.omost_owner = self
+        forward.omost_previous = previous
         module.forward = forward
-        _hooked[module] = (self, previous)
+        _hooked.setdefault(module, []).append(forward)
+
+    def _retake_shadowed(self):
+        """sd-webui-controlnet's IP-Adapter hooked after us: its attn_forward_hacked shadows our forward and never
+        calls it (plugable_ipadapter.py: hack_blk), so regions would be off. Go back on top of it; _forward then
+        adds its image prompt terms itself."""
+        for module, ours in list(_hooked.items()):
+            current = module.__dict__.get('forward')
+            if ours and ours[-1].omost_owner is self and current is not ours[-1] and _ip_adapter_terms(module):
+                self._hook(module)
 
     # -- per step and per UNet call ----------------------------------------------------------------------
 
@@ -156,7 +186,6 @@ class A1111RegionalHooks:
         self.uncond_length = None if uncond is None else int(uncond.shape[1]) - _marked(uncond)
         self._rows_seen = 0
         self._call_rows = None
-        self.regional.set_progress(step_fraction(params.sampling_step, params.total_sampling_steps))
         if self.cond_length != self.regional.cond_length:
             self._say(f'the cond has {self.cond_length} tokens but the region map {self.regional.cond_length}; '
                       'plain attention')
@@ -168,6 +197,7 @@ class A1111RegionalHooks:
         if not torch.is_tensor(x) or x.dim() != 4:
             self._call_rows = None
             return
+        self._retake_shadowed()
         self._call_rows = (self._rows_seen, int(x.shape[0]))
         self._rows_seen += int(x.shape[0])
         self.regional.set_latent_size(int(x.shape[-2]), int(x.shape[-1]))
@@ -201,18 +231,37 @@ class A1111RegionalHooks:
         n_cond = self._cond_row_count(x, context, mask, kwargs)
         if n_cond == 0:
             return plain(x, context)
-        x_cond, context_cond = x[:n_cond], context[:n_cond]
+        ip_terms = _ip_adapter_terms(module)
+        x_q = x if ip_terms else x[:n_cond]  # IP-Adapter's terms need the query of every row of the call
+        context_cond = context[:n_cond]
         context_k, context_v = self.context_kv(context_cond) if self.context_kv else (context_cond, context_cond)
         # The module's own projections, so LoRA (weight patches or functional forwards) applies.
-        q, k, v = module.to_q(x_cond), module.to_k(context_k), module.to_v(context_v)
-        batch, pixels, heads = q.shape[0], q.shape[1], module.heads
-        q, k, v = (t.reshape(batch, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
+        q, k, v = module.to_q(x_q), module.to_k(context_k), module.to_v(context_v)
+        rows, pixels, heads = q.shape[0], q.shape[1], module.heads
+        q, k, v = (t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
         # attend() computes fp16/bf16 in float32 (what A1111's upcast_attn asks for) and returns q's dtype.
         plan = self.regional.plan_for(pixels, k.shape[2], q.device, q.dtype, tiled=False)
         if plan is None:
             return plain(x, context)
-        out = attend(q, k, v, plan).transpose(1, 2).reshape(batch, pixels, -1)
+        out = attend(q[:n_cond], k, v, plan).transpose(1, 2).reshape(n_cond, pixels, -1)
+        if ip_terms:
+            return module.to_out(self._with_ip_adapter(module, ip_terms, out, x, q, context, n_cond))
         out = module.to_out(out)
         if n_cond < x.shape[0]:
             out = torch.cat([out, plain(x[n_cond:], context[n_cond:])])
         return out
+
+    @staticmethod
+    def _with_ip_adapter(module, ip_terms, out_cond, x, q, context, n_cond):
+        """The attention output (before to_out) of every row with IP-Adapter's image prompt terms added: what
+        sd-webui-controlnet's attn_forward_hacked computes (plain SDPA, then `out + f(self, x, q)` per term),
+        with the cond rows' attention regional."""
+        if n_cond < x.shape[0]:
+            rest = context[n_cond:]
+            k, v = (t.reshape(t.shape[0], t.shape[1], module.heads, -1).transpose(1, 2)
+                    for t in (module.to_k(rest), module.to_v(rest)))
+            plain = F.scaled_dot_product_attention(q[n_cond:], k, v)
+            out_cond = torch.cat([out_cond, plain.transpose(1, 2).reshape(plain.shape[0], plain.shape[2], -1)])
+        for term in ip_terms:
+            out_cond = out_cond + term(module, x, q)
+        return out_cond

@@ -7,28 +7,56 @@ block applies `to_out`. `extra_options` carries `n_heads`, `original_shape` (B, 
 `cond_or_uncond` / `cond_indices`. The patched clone is assigned to `p.sd_model.forge_objects.unet` for one
 sampling pass; Forge rebuilds `forge_objects` before the next pass, so nothing needs undoing.
 
+IP-Adapter (sd_forge_ipadapter, lib_ipadapter/IPAdapterPlus.py) writes its own attn2 replace patches, in either
+order relative to ours (see RegionalAttn2Patch), so ours compose with it.
+
 The step window is fed from the host's on_cfg_denoiser callback (`regional.set_progress(...)`).
 """
 
 from __future__ import annotations
 
+import copy
+import sys
+
 import torch.nn.functional as F
+
+from lib_omost.attention import attend
 
 BLOCK_NAMES = ('input', 'middle', 'output')
 MAX_BLOCKS = 16  # the same key range as Forge's set_model_replace_all: every (block, 0-15, 0-15)
+IP_ADAPTER_MODULE = 'lib_ipadapter.IPAdapterPlus'  # Forge's built-in sd_forge_ipadapter (imported by that name)
 
 
 class RegionalAttn2Patch:
-    """One attn2 replace patch. An earlier patch on the same key (IP-Adapter) is kept and its extra
-    contribution added: out = omost(q, k, v) + (previous(q, k, v, eo) - plain(q, k, v))."""
+    """One attn2 replace patch: regional attention on the cond rows.
+
+    An attn2 patch that was there before us (IP-Adapter: plain attention plus attention to its image tokens) is
+    kept as `previous` and runs first; the cond rows then get Omost's change on top of it:
+        out = previous(q, k, v, eo) + (omost(q, k, v) - plain(q, k, v))      on cond rows, while regions apply
+    so the other rows, and every row outside the step window, are exactly what `previous` gives.
+
+    IP-Adapter applied AFTER us finds our patch at its key and calls `set_new_condition(...)` on it
+    (IPAdapterPlus.py: set_model_patch_replace): we create (or extend) its CrossAttentionPatch as our `previous`,
+    so the image prompt is kept whatever the order of the two extensions."""
 
     def __init__(self, regional, previous=None):
         self.regional = regional
         self.previous = previous
 
     def __deepcopy__(self, memo):
-        # UnetPatcher.clone() deep-copies model_options; every clone must drive the same per-generation state.
-        return self
+        # UnetPatcher.clone() deep-copies model_options (backend/patcher/base.py: clone). Every clone must drive the
+        # same per-generation state (`regional`); what it wraps is copied, as Forge copies every other patch.
+        return RegionalAttn2Patch(self.regional, copy.deepcopy(self.previous, memo))
+
+    def set_new_condition(self, **patch_kwargs):
+        """IP-Adapter's way to add an image prompt to the patch already at its key (see the class docstring)."""
+        if self.previous is not None:
+            self.previous.set_new_condition(**patch_kwargs)
+            return
+        module = sys.modules.get(IP_ADAPTER_MODULE)
+        if module is None:  # only that module calls this; without it there is nothing to build
+            raise AttributeError(f'set_new_condition: {IP_ADAPTER_MODULE} is not loaded')
+        self.previous = module.CrossAttentionPatch(**patch_kwargs)
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options['n_heads']
@@ -37,11 +65,22 @@ class RegionalAttn2Patch:
         if shape is not None:
             self.regional.set_latent_size(int(shape[2]), int(shape[3]))
         qh, kh, vh = (t.reshape(batch, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
-        out = self.regional.regional(qh, kh, vh, cond_rows(extra_options, batch), tiled=True)
-        out = out.transpose(1, 2).reshape(batch, pixels, -1)
-        if self.previous is not None:
-            plain = F.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2).reshape(batch, pixels, -1)
-            out = out + (self.previous(q, k, v, extra_options) - plain)
+        rows = cond_rows(extra_options, batch)
+        if self.previous is None:
+            out = self.regional.regional(qh, kh, vh, rows, tiled=True)
+            return out.transpose(1, 2).reshape(batch, pixels, -1)
+        return self._on_top_of_previous(q, k, v, qh, kh, vh, rows, extra_options)
+
+    def _on_top_of_previous(self, q, k, v, qh, kh, vh, rows, extra_options):
+        out = self.previous(q, k, v, extra_options)
+        plan = self.regional.plan_for(qh.shape[2], kh.shape[2], qh.device, qh.dtype, tiled=True) if rows else None
+        if plan is None:
+            return out
+        batch, pixels = q.shape[0], q.shape[1]
+        qc, kc, vc = qh[rows], kh[rows], vh[rows]
+        delta = attend(qc, kc, vc, plan) - F.scaled_dot_product_attention(qc, kc, vc)
+        out = out.clone()
+        out[rows] += delta.transpose(1, 2).reshape(len(rows), pixels, -1).to(out.dtype)
         return out
 
 
@@ -57,20 +96,28 @@ def cond_rows(extra_options, batch: int):
 
 
 def patch_unet(unet_patcher, regional):
-    """A clone of `unet_patcher` whose every attn2 runs Omost's regional attention on cond rows."""
+    """A clone of `unet_patcher` whose every attn2 runs Omost's regional attention on cond rows.
+
+    Every key gets its own patch (an IP-Adapter applied after us extends the one at its key, with that layer's
+    weights). The (block, id) key Forge falls back to shares the patch of (block, id, 0): SD1.5's IP-Adapter
+    writes (block, id) keys, which Forge would never reach past our (block, id, 0) entry."""
     unet = unet_patcher.clone()
     options = dict(unet.model_options.get('transformer_options', {}))
     replace = dict(options.get('patches_replace', {}))
     attn2 = dict(replace.get('attn2', {}))
-    shared = RegionalAttn2Patch(regional)
+
+    def ours(previous):
+        if isinstance(previous, RegionalAttn2Patch):  # patched twice: wrap what was there before us
+            previous = previous.previous
+        return RegionalAttn2Patch(regional, previous)
+
     for block in BLOCK_NAMES:
         for number in range(MAX_BLOCKS):
+            fallback = attn2.get((block, number))
             for index in range(MAX_BLOCKS):
                 key = (block, number, index)
-                previous = attn2.get(key) or attn2.get((block, number))
-                if isinstance(previous, RegionalAttn2Patch):  # patched twice: wrap what was there before us
-                    previous = previous.previous
-                attn2[key] = shared if previous is None else RegionalAttn2Patch(regional, previous)
+                attn2[key] = ours(attn2.get(key) or fallback)
+            attn2[(block, number)] = attn2[(block, number, 0)]
     replace['attn2'] = attn2
     options['patches_replace'] = replace
     # Copy-on-write like Forge's set_model_options_patch_replace: the source patcher's dicts stay untouched.

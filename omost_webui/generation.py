@@ -28,18 +28,31 @@ from omost_webui.host_tokenizer import find_tokenize_line
 INFOTEXT_ENABLED = 'Omost'
 INFOTEXT_CANVAS = 'Omost canvas'
 INFOTEXT_OPTIONS = 'Omost options'
+INFOTEXT_NOTES = 'Omost notes'
 
 _active = None   # the Job whose sampling is running; global callbacks act only for it
 _said_once = set()  # console notices printed once per session
 
 
-class OmostInputError(ValueError):
-    """Bad canvas or options. `status_code` and `detail` are what the WebUI's API error handler reports."""
+try:  # both hosts' API error handler prints a full traceback for any exception that is not an HTTPException
+    from fastapi.exceptions import HTTPException as _Quiet  # (modules/api/api.py: api_middleware.handle_exception)
+except ImportError:  # the extension's core tests without fastapi
+    _Quiet = Exception
+
+
+class OmostInputError(_Quiet, ValueError):
+    """Bad canvas, options or script args. `status_code` and `detail` are what the WebUI's API error handler
+    reports (HTTP 422); being an HTTPException, it is answered without a traceback in the console, where
+    `refuse` has printed the one line that matters."""
 
     def __init__(self, message: str):
-        super().__init__(message)
+        ValueError.__init__(self, message)
         self.status_code = 422
         self.detail = message
+        self.headers = None
+
+    def __str__(self):  # HTTPException's would prefix '422: '; the UI's error box shows str(e)
+        return self.detail
 
 
 @dataclasses.dataclass
@@ -50,7 +63,6 @@ class Job:
     forge: bool
     arch: str
     preset: object = None        # lib_omost.presets.Preset, resolved (and validated) in process()
-    notes: set = dataclasses.field(default_factory=set)  # bag warnings already printed
     counter: tuple = None        # (count, chunk_count) from the host's tokenizer
     host_prompts: dict = dataclasses.field(default_factory=dict)  # cleaned prompt box text -> HostPrompt
     regional: object = None      # RegionalAttention of the first pass (None: plain attention)
@@ -62,6 +74,16 @@ class Job:
 
 def _job(p):
     return getattr(p, '_omost_job', None)
+
+
+def note(p, message: str):
+    """Something the user must know about this job (a repaired canvas, an ignored statement, regions off for a
+    batch): one line in the console, and the infotext's 'Omost notes', which the API answers with in `info`."""
+    notes = p.__dict__.setdefault('_omost_notes', [])
+    if message not in notes:
+        notes.append(message)
+        print(f'[Omost] {message}')
+        p.extra_generation_params[INFOTEXT_NOTES] = '; '.join(notes)
 
 
 def _say_once(key: str, message: str):
@@ -113,7 +135,20 @@ def _emphasis(p) -> str:
     return p.override_settings.get('emphasis', getattr(shared.opts, 'emphasis', 'Original'))
 
 
+def is_enabled(value) -> bool:
+    """The script's first arg: a bool from the UI, any of the forms `parse_switch` takes from the API."""
+    from lib_omost.options import parse_switch
+    try:
+        return parse_switch(value, 'Omost script arg 0 (enabled)')
+    except CanvasError as e:
+        raise OmostInputError(f'{e}; the args are [enabled, canvas, options]') from None
+
+
 def before_process(p, enabled, canvas_text, options_text):
+    try:
+        enabled = is_enabled(enabled)
+    except OmostInputError:
+        return  # process() refuses the job
     if enabled and _emphasis(p) == 'None' and getattr(p, 'override_settings_restore_afterwards', True):
         p.override_settings['emphasis'] = 'Original'
 
@@ -147,6 +182,11 @@ def parse_inputs(canvas_value, options_value, presets_file: str = ''):
 
 def process(p, enabled, canvas_value, options_value, guidance_value=None, guide_images=()):
     cleanup()  # a failed earlier job (any tab) may have left hooks behind
+    try:
+        enabled = is_enabled(enabled)
+    except OmostInputError as e:
+        refuse(p, e)
+        return
     if not enabled:
         return
     from omost_webui import settings
@@ -167,8 +207,8 @@ def process(p, enabled, canvas_value, options_value, guidance_value=None, guide_
         if hasattr(p, 'comment'):
             p.comment('Omost: ' + message)
         return
-    for w in warnings:  # repairs of the LLM's code: worth a line in the console, not an error
-        print(f'[Omost] canvas: {w}')
+    for w in warnings:  # repairs of the LLM's code: worth a note, not an error
+        note(p, f'canvas: {w}')
     job = Job(p=p, canvas=canvas, options=options, forge=is_forge(p), arch=arch, preset=preset)
     from omost_webui.prompt_rewrite import check
     try:
@@ -251,6 +291,8 @@ def process_before_every_sampling(p, x, c=None):
     job.current = regional
     if regional is not None:
         regional.set_latent_size(int(x.shape[-2]), int(x.shape[-1]))
+        regional.set_image_size(int(x.shape[-2]), int(x.shape[-1]))  # the whole image: other sizes are tiles
+        regional.notify = lambda message: note(p, message)
         if job.forge:
             _patch_forge(p, job, regional)
         else:
@@ -295,10 +337,25 @@ def on_cfg_denoiser(params):
         return
     if job.current is None:
         return
-    total = max(int(params.total_sampling_steps or 0), 1)
-    job.current.set_progress(min(max(params.sampling_step / total, 0.0), 1.0))
+    job.current.set_progress(denoiser_progress(params))
     if job.hooks is not None:
         job.hooks.on_cfg_denoiser(params)
+
+
+def denoiser_progress(params) -> float:
+    """How far the sampling pass is, 0 at its first denoiser call, 1 at its end.
+
+    Both hosts' CFGDenoiser count their own calls (`step`, incremented at the end of every forward) and expect
+    `total_steps` of them (set by `Sampler.launch_sampling` from the sampler's config: 2 per step for second-order
+    samplers); `step / total_steps` is the ratio the hosts themselves use for "skip early CFG" and the refiner
+    switch (modules/sd_samplers_cfg_denoiser.py, sd_samplers_common.apply_refiner). `params.sampling_step` is not
+    usable: the hosts set `state.sampling_step` in the per-step callback, after the step, so during step i >= 1
+    it still says i - 1 (a window starting at 0.5 of 3 steps would never turn on)."""
+    denoiser = params.denoiser
+    step, total = getattr(denoiser, 'step', None), getattr(denoiser, 'total_steps', None)
+    if not isinstance(step, int) or not total:  # a denoiser without the counters: the step the host reports
+        step, total = params.sampling_step, params.total_sampling_steps
+    return min(max(step / max(int(total or 0), 1), 0.0), 1.0)
 
 
 def postprocess(p):

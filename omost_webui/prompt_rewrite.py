@@ -37,13 +37,12 @@ def rewrite(p, job, prompts: list):
     """
     built = [_host_prompt(p, job, user_text) for user_text in prompts]
     prompts[:] = [hp.text for hp in built]  # all rows or none: an exception above leaves the batch as it was
-    for note in dict.fromkeys(w for hp in built for w in hp.warnings):
-        if note not in job.notes:  # once per generation, not per batch
-            job.notes.add(note)
-            print(f'[Omost] {note}')
+    from omost_webui.generation import note
+    for w in dict.fromkeys(w for hp in built for w in hp.warnings):
+        note(p, w)  # once per generation, not per batch
     layouts = [([r.rect for r in hp.regions], list(hp.token_region)) for hp in built]
     if any(layout != layouts[0] for layout in layouts[1:]):
-        print('[Omost] the prompts of this batch differ, so their regions do not line up; '
-              'regional attention is off for this batch (use batch count instead of batch size).')
+        note(p, 'the prompts of this batch differ, so their regions do not line up; regional attention is off '
+                'for this batch (use batch count instead of batch size).')
         return None
     return layouts[0]

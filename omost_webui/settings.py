@@ -34,8 +34,63 @@ def data_dir() -> str:
     return os.path.join(data_root(), 'llm-cache')
 
 
+# Settings that are paths. Anyone who can reach the WebUI's API can change settings (POST /sdapi/v1/options), and
+# the extension writes there (the presets text, model downloads). `restrict_api` keeps them out of A1111's options
+# API (modules/options.py: Options.set returns early `if is_api and option.restrict_api`), but Forge's options API
+# calls modules/sysinfo.py: set_config(req) with is_api=False; so every path is also confined to the WebUI's data
+# and models folders (and a folder named on the command line), wherever it came from.
+PATH_SETTINGS = ('omost_presets_file', 'omost_models_dir')
+
+
+def allowed_roots() -> list:
+    from modules import paths
+    roots = [getattr(paths, 'data_path', paths.models_path), paths.models_path, _cmd('omost_models_dir')]
+    return [os.path.realpath(r) for r in roots if r]
+
+
+def confined(path: str) -> bool:
+    """Whether `path` (symlinks resolved) lies inside one of `allowed_roots`."""
+    real = os.path.realpath(path)
+
+    def inside(root):
+        try:
+            return os.path.commonpath([real, root]) == root
+        except ValueError:  # another drive (Windows)
+            return False
+    return any(inside(root) for root in allowed_roots())
+
+
+def _confined_setting(key: str, default: str) -> str:
+    value = (get(key, '') or '').strip()
+    if not value:
+        return default
+    if confined(value):
+        return value
+    message = (f'the setting {key} = {value!r} is outside the WebUI\'s data and models folders; using {default!r} '
+               'instead (a folder given with --omost-models-dir is allowed too)')
+    if message not in _said:
+        _said.add(message)
+        print(f'[Omost] {message}')
+    return default
+
+
+_said = set()
+
+
+def check_path_setting(key: str):
+    """Settings `onchange` of a path setting: refuse a folder outside `allowed_roots` (the host then reports the
+    error and restores the old value)."""
+    value = (get(key, '') or '').strip()
+    if value and not confined(value):
+        raise ValueError(f'{key} must be inside the WebUI\'s data or models folder ({", ".join(allowed_roots())})')
+
+
 def presets_path() -> str:
-    return get('omost_presets_file', '') or os.path.join(data_root(), 'presets.json')
+    return _confined_setting('omost_presets_file', os.path.join(data_root(), 'presets.json'))
+
+
+def models_dir() -> str:
+    return _confined_setting('omost_models_dir', default_models_dir())
 
 
 EXAMPLE_PRESETS = """{
@@ -81,10 +136,27 @@ def save_presets_text():
     os.replace(candidate, path)
 
 
+def hide_api_key():
+    """Move --omost-api-key where no API shows it: GET /sdapi/v1/cmd-flags answers `vars(shared.cmd_opts)`
+    (modules/api/api.py: Api.get_cmd_flags) and /internal/sysinfo lists `sys.argv` (modules/sysinfo.py: get_argv
+    hides only the WebUI's own auth flags). The key goes to this process's environment as OMOST_API_KEY, which
+    `current()` reads and a restart of the WebUI (os.execv with sys.argv) inherits."""
+    import sys
+    from modules import shared
+    key = getattr(shared.cmd_opts, 'omost_api_key', None)
+    if not key:
+        return
+    os.environ['OMOST_API_KEY'] = key
+    shared.cmd_opts.omost_api_key = None
+    sys.argv[:] = ['<hidden>' if arg == key else '--omost-api-key=<hidden>' if arg == f'--omost-api-key={key}'
+                   else arg for arg in sys.argv]
+
+
 def _options():
     """(key, default, label, component factory name, component args, extra) for every setting."""
     return [
-        ('omost_models_dir', default_models_dir(), 'Folder of local Omost LLMs', 'Textbox', {}, {}),
+        ('omost_models_dir', default_models_dir(), 'Folder of local Omost LLMs (inside the WebUI\'s models or data '
+         'folder)', 'Textbox', {}, {'onchange': lambda: check_path_setting('omost_models_dir'), 'restrict_api': True}),
         ('omost_backend', 'server', 'Default LLM backend', 'Dropdown', {'choices': list(BACKENDS)}, {}),
         ('omost_server_url', _cmd('omost_server_url'), 'Default LLM server base URL (OpenAI-compatible, e.g. '
          'http://127.0.0.1:8080/v1)', 'Textbox', {}, {}),
@@ -92,8 +164,9 @@ def _options():
         ('omost_local_model', '', 'Default local model (folder name or Hugging Face id)', 'Textbox', {}, {}),
         ('omost_keep_loaded', True, 'Keep the local LLM loaded between replies (off: unload after each reply to '
          'free memory for the image model)', 'Checkbox', {}, {}),
-        ('omost_presets_file', '', 'Tag presets file (empty: presets.json in the WebUI data folder, under omost/)',
-         'Textbox', {}, {}),
+        ('omost_presets_file', '', 'Tag presets file (empty: presets.json in the WebUI data folder, under omost/; '
+         'a file elsewhere must be inside the data or models folder)', 'Textbox', {},
+         {'onchange': lambda: check_path_setting('omost_presets_file'), 'restrict_api': True}),
         ('omost_presets_json', _presets_text(), 'Your tag presets (JSON, see the README; saved to the presets file '
          'and added to the built-in none/anime/pony/illustrious)', 'Textbox', {'lines': 10},
          {'onchange': save_presets_text}),
@@ -139,7 +212,7 @@ def current() -> dict:
         api_key=_cmd('omost_api_key') or os.environ.get('OMOST_API_KEY', ''),
         backend=get('omost_backend', 'server') if get('omost_backend') in BACKENDS else 'server',
         local_model=get('omost_local_model', ''),
-        models_dir=get('omost_models_dir', '') or default_models_dir(),
+        models_dir=models_dir(),
         keep_loaded=bool(get('omost_keep_loaded', True)),
         system_prompt=get('omost_system_prompt', ''),
         data_dir=data_dir() if cache_mb > 0 else '',

@@ -346,6 +346,9 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                                                   elem_id=elem_id('omost_api_key'),
                                                   placeholder='(--omost-api-key, for the default server URL)'
                                                   if settings.get('api_key') else 'none')
+                        # Settings > Defaults must not write a typed key to ui-config.json
+                        # (modules/ui_loadsave.py: UiLoadsave.add_component skips do_not_save_to_config).
+                        c['api_key'].do_not_save_to_config = True
                     with gr.Group(visible=backend_kind == 'local', elem_id=elem_id('omost_local_group')) as lg:
                         local = settings.get('local_model') or DEFAULT_MODEL
                         c['local_model'] = gr.Dropdown(local_models, value=local, allow_custom_value=True,
@@ -398,7 +401,11 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                                                          label='Prompt box text goes to (every region / global)',
                                                          elem_id=elem_id('omost_opt_prompt_target'))
                     c['options_status'] = gr.HTML('', elem_id=elem_id('omost_options_status'))
-                    options_text = gr.Textbox(defaults.to_json(), visible=False, elem_id=elem_id('omost_options'))
+                    # The hidden JSON is what generation reads. Its value is computed at every page load from the
+                    # controls, whose defaults the WebUI may have replaced from ui-config.json after ui() returned
+                    # (modules/ui_loadsave.py: UiLoadsave.add_component sets `value` on labelled controls only).
+                    options_text = gr.Textbox(lambda: options_from_controls(*(o[k].value for k in OPTION_NAMES))[0],
+                                              visible=False, elem_id=elem_id('omost_options'))
                 from omost_webui.ui_guidance import build_guidance_ui
                 guidance = build_guidance_ui(elem_id, canvas_text)
 

@@ -61,6 +61,7 @@ def _on_model_loaded(sd_model):
     generation.cleanup()
 
 
+settings.hide_api_key()
 script_callbacks.on_ui_settings(settings.register)
 script_callbacks.on_cfg_denoiser(generation.on_cfg_denoiser)
 script_callbacks.on_infotext_pasted(on_infotext_pasted)

@@ -2,6 +2,7 @@
 own forward on the others; removal (also after an exception) restores bit-identical outputs."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -196,11 +197,13 @@ def test_disarmed_or_outside_the_window_is_bit_identical(unet):
     x, context = inputs(2 * BATCH, 231, seed=7)
     before = run(unet, x, context)
     hooks = hooked(unet, start=0.0, end=0.5)
-    hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:], step=10, total=20))
+    hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
+    hooks.regional.set_progress(0.5)  # what generation.on_cfg_denoiser sets from the denoiser's counters
     assert torch.equal(run(unet, x, context), before)
-    hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:], step=9, total=20))
+    hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
+    hooks.regional.set_progress(0.45)
     assert not torch.equal(run(unet, x, context), before)
-    hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:], step=9, total=20))
+    hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
     hooks.disarm()
     assert torch.equal(run(unet, x, context), before)
     other = hooked(unet)  # a second owner replaces the first; only one is ever armed
@@ -238,14 +241,57 @@ def test_on_cfg_denoiser_reads_sdxl_dicts_and_controlnet_marks():
     hooks.on_cfg_denoiser(denoiser_params({'crossattn': marked_cond, 'vector': torch.zeros(3, 8)},
                                           {'crossattn': marked_uncond, 'vector': torch.zeros(1, 8)}, 5, 20))
     assert (hooks.n_cond, hooks.cond_length, hooks.uncond_length) == (3, 231, 77)
-    assert regional.progress == 0.25
     hooks.on_cfg_denoiser(denoiser_params(cond, uncond))
     assert (hooks.n_cond, hooks.cond_length, hooks.uncond_length) == (3, 231, 77)
 
 
-def test_host_settings_are_optional_outside_a1111(unet):
+def test_host_settings_are_optional_outside_a1111(unet, monkeypatch):
+    for name in ('modules', 'modules.shared', 'modules.hypernetworks', 'modules.hypernetworks.hypernetwork'):
+        monkeypatch.setitem(sys.modules, name, None)  # no WebUI (the fake one may be loaded by other tests)
     hooks = a1111.A1111RegionalHooks(RegionalAttention(RECTS, TOKENS, None))
     hooks.install(unet)
     assert hooks.context_kv is None
     a1111.remove_all()
     assert all('forward' not in m.__dict__ for _, m in attn2_modules(unet))
+
+
+@pytest.fixture
+def a1111_sdp_with_a_hypernetwork():
+    """A1111's sdp optimisation as its class forward and one loaded hypernetwork (tests/webui_stubs)."""
+    import webui_helpers  # noqa: F401  (puts the fake `modules` package on the path)
+    from modules import sd_hijack_optimizations, shared
+    from modules.hypernetworks.hypernetwork import Hypernetwork
+    sd_hijack_optimizations.SdOptimizationSdp().apply()
+    shared.loaded_hypernetworks = [Hypernetwork(enable_sizes=(64,))]
+    yield shared.loaded_hypernetworks
+    shared.loaded_hypernetworks = []
+    sd_hijack_optimizations.undo()
+
+
+def test_hypernetworks_shape_the_regional_keys_and_values(unet, a1111_sdp_with_a_hypernetwork):
+    """A1111 sends attn2's context through the loaded hypernetworks before to_k / to_v; the cond rows that get
+    regions must too (Omost's formula on to_k(hyper_k(context)), to_v(hyper_v(context))), the others run the host's
+    forward unchanged."""
+    from modules.hypernetworks.hypernetwork import apply_hypernetworks
+    x, context = inputs(2 * BATCH, 231, seed=3)
+    hooks = a1111.A1111RegionalHooks(RegionalAttention(RECTS, TOKENS, None))  # the host's hypernetworks
+    hooks.install(unet)
+    hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
+    calls, handles = capture(unet)
+    try:
+        run(unet, x, context)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(calls) == len(attn2_modules(unet))
+    for module, xi, ci, out in calls:
+        with torch.no_grad():
+            assert torch.equal(out[BATCH:], type(module).forward(module, xi[BATCH:], context=ci[BATCH:]))
+            context_k, context_v = apply_hypernetworks(a1111_sdp_with_a_hypernetwork, ci[:BATCH])
+            q, k, v = (heads_split(t, module.heads) for t in (module.to_q(xi[:BATCH]), module.to_k(context_k),
+                                                              module.to_v(context_v)))
+            masks = omost_masks(RECTS, *layer_hw(xi.shape[1]))
+            cond = module.to_out(heads_merge(omost_reference(q, k, v, masks, TOKENS)).float())
+            without, _ = expected(module, xi, ci, BATCH)  # the same regions without the hypernetwork
+        assert (out[:BATCH] - cond).abs().max() < 1e-5
+        assert (out[:BATCH] - without).abs().max() > 1e-3

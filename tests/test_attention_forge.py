@@ -68,13 +68,16 @@ def contexts_lcm(seed, cond_len=231, uncond_len=77):
 
 def test_clone_is_patched_and_the_source_untouched():
     source = FakeUnetPatcher()
-    unet, options = patched_options(RegionalAttention(RECTS, TOKENS, None), source)
+    regional = RegionalAttention(RECTS, TOKENS, None)
+    unet, options = patched_options(regional, source)
     assert source.model_options == {'transformer_options': {}}
-    assert len(options['patches_replace']['attn2']) == 3 * 16 * 16
-    again = unet.clone()  # Forge deep-copies model_options on every clone: the patch keeps its shared state
-    key = ('output', 7, 0)
-    assert again.model_options['transformer_options']['patches_replace']['attn2'][key] is \
-        options['patches_replace']['attn2'][key]
+    attn2 = options['patches_replace']['attn2']
+    assert len(attn2) == 3 * 16 * 16 + 3 * 16  # every (block, id, index) and the (block, id) fallbacks
+    assert attn2[('input', 4)] is attn2[('input', 4, 0)]  # SD1.5's IP-Adapter extends the patch Forge reaches
+    again = unet.clone()  # Forge deep-copies model_options on every clone: the copies drive the same state
+    copied = again.model_options['transformer_options']['patches_replace']['attn2']
+    assert copied[('output', 7, 0)].regional is regional
+    assert copied[('input', 4)] is copied[('input', 4, 0)] is not attn2[('input', 4, 0)]
 
 
 @pytest.mark.parametrize('cond_len,uncond_len', [(231, 77), (231, 154), (231, 231)])

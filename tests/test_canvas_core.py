@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import read_fixture
-from lib_omost.canvas import CanvasError, canvas_from_json, load_canvas, parse_canvas
+from lib_omost.canvas import CanvasError, canvas_from_json, load_canvas, parse_canvas, region_masks
 from lib_omost.sketch import overlay_preview, sketch_array, sketch_grid
 
 # Omost's grid, as its README and peers.md describe it: 9 location centres, +-10 offsets, 9 box sizes (w, h).
@@ -196,6 +196,29 @@ def test_masks_equal_torch_nearest_exact(dragon_code):
             expected.append(torch.nn.functional.interpolate(m[None, None], (h, w), mode='nearest-exact')[0, 0] > 0.5)
         assert np.array_equal(canvas.masks(h, w), torch.stack(expected).numpy())
     assert canvas.masks(5, 9)[0].all()
+
+
+def test_masks_equal_torch_nearest_exact_at_every_size_to_512(dragon_code):
+    # Every height with a fixed width and every width with a fixed height (the resize is separable, so this
+    # covers every (h, w) pair); torch rounds its scale to float32, which float64 arithmetic gets wrong at
+    # 33 of these sizes (33, 39, 73, ...). Nearest-exact is a gather: interpolating a 90x90 map of pixel numbers
+    # gives the source pixel of every output pixel, and each 90x90 mask resized by torch is that mask gathered
+    # there (one interpolation per size instead of one per region).
+    rects = [r.rect for r in parse_canvas(dragon_code).canvas.regions]
+    rects += [(0, 90, k, k + 1) for k in range(90)] + [(k, k + 1, 0, 90) for k in range(90)]  # every grid line
+    grid = np.zeros((len(rects), 90 * 90), dtype=bool)
+    for i, (top, bottom, left, right) in enumerate(rects):
+        grid[i].reshape(90, 90)[top:bottom, left:right] = True
+    numbers = torch.arange(90 * 90, dtype=torch.float32).reshape(1, 1, 90, 90)
+
+    def torch_masks(h, w):
+        source = torch.nn.functional.interpolate(numbers, (h, w), mode='nearest-exact')[0, 0].long().numpy()
+        return grid[:, source]
+
+    wrong = [n for n in range(1, 513)
+             if not (np.array_equal(region_masks(rects, n, 3), torch_masks(n, 3))
+                     and np.array_equal(region_masks(rects, 3, n), torch_masks(3, n)))]
+    assert wrong == []
 
 
 def test_sketch_is_omost_initial_latent(dragon_code):

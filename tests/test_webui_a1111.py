@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from webui_helpers import DRAGON, SMALL, A1111Model, Rig, forward_attributes, images_equal, omost, tiny_ldm_unet
+from webui_helpers import DRAGON, SMALL, A1111Model, Rig, check_step_window, forward_attributes, images_equal, omost, tiny_ldm_unet
 
 
 @pytest.fixture(scope='module')
@@ -59,6 +59,10 @@ def test_regions_steer_the_real_unet_and_keep_the_users_prompt(rig, baseline):
     assert 'a photo' in steps[0]['prompt'] and '<lora' not in steps[0]['prompt']
 
 
+def test_step_window_counts_the_denoiser_calls_not_the_reported_step(rig):
+    check_step_window(rig)
+
+
 def test_infotext_records_canvas_and_options_and_pastes_back(rig):
     from lib_omost.canvas import load_canvas
     from modules import infotext_utils, script_callbacks
@@ -85,7 +89,7 @@ def test_no_trace_after_finished_interrupted_and_failed_generations(rig, baselin
     assert images_equal(rig.generate()[1], baseline)
 
     def interrupt(params):
-        if params.sampling_step == 1:
+        if params.denoiser.step == 1:
             shared.state.interrupted = True
     script_callbacks.on_cfg_denoiser(interrupt)
     try:
@@ -251,10 +255,12 @@ def test_model_without_cross_attention_is_left_alone(rig, baseline):
     model = A1111Model(nn.Identity())  # no attn2 anywhere, like Flux / SD3
     flux_like = Rig(model)
     p = flux_like.p(omost())
-    assert not hasattr(p, '_omost_job') and 'close' not in vars(p)
+    p.setup_prompts()
     from omost_webui import generation
     generation.process(p, True, SMALL, '')
-    assert not hasattr(p, '_omost_job') and 'Omost' not in p.extra_generation_params
+    # neither a job, nor a close/init wrapper (refusal), nor infotext: only the comment says why
+    assert not hasattr(p, '_omost_job') and 'close' not in vars(p) and 'init' not in vars(p)
+    assert 'Omost' not in p.extra_generation_params
     assert any('no cross-attention' in c for c in p.comments)
 
 

@@ -93,9 +93,10 @@ def test_settings_section_with_command_line_defaults(script_module):
     assert settings.default_models_dir() == os.path.join(paths.models_path, 'omost')
 
 
-def test_tag_presets_are_edited_in_the_settings_and_kept_in_the_data_folder(script_module, tmp_path):
-    from modules import script_callbacks, shared
+def test_tag_presets_are_edited_in_the_settings_and_kept_in_the_data_folder(script_module, tmp_path, monkeypatch):
+    from modules import paths, script_callbacks, shared
     from omost_webui import settings
+    monkeypatch.setattr(paths, 'data_path', str(tmp_path))
     path = tmp_path / 'omost' / 'presets.json'
     script_callbacks.ui_settings_callback()
     try:

@@ -224,6 +224,12 @@ class A1111Model(_ModelBase):
     def apply_model(self, x, t, cond):
         return self.model.diffusion_model(x, t, context=cond)
 
+    @property
+    def cond_stage_model_empty_prompt(self):
+        # modules/sd_models.py load_model: `sd_model.cond_stage_model_empty_prompt = get_empty_cond(sd_model)`,
+        # the encoded empty prompt (1, 77, C) that CFGDenoiser.pad_cond_uncond appends
+        return self.get_learned_conditioning([''])
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Forge: UnetPatcher, forge_objects and a UNet with Forge's attn2 patch dispatch
@@ -454,6 +460,9 @@ class Rig:
         job = getattr(p, '_omost_job', None)
         current = getattr(job, 'current', None)
         info['latent_size'] = getattr(current, 'latent_size', None)
+        info['progress'] = getattr(current, 'progress', None)  # Omost's callback ran before this probe
+        info['regional'] = getattr(current, 'active', None)
+        info['sampling_step'] = params.sampling_step
         Rig.steps.append(info)
 
     def p(self, omost=None, bare=False, **kwargs):
@@ -497,3 +506,18 @@ def omost(canvas=SMALL, **options):
 
 def images_equal(a, b) -> bool:
     return len(a.images) == len(b.images) and all(torch.equal(x, y) for x, y in zip(a.images, b.images))
+
+
+def check_step_window(rig):
+    """Both hosts report `state.sampling_step` after a step (0, 0, 1 for 3 steps); the window follows the
+    denoiser's own call counter: start 0.5 of 3 steps is regional in the last step, end 0.5 in the first two."""
+    _, full = rig.generate(omost(), steps=3)
+    _, plain = rig.generate(omost(regions=False), steps=3)
+    _, late = rig.generate(omost(start=0.5), steps=3)
+    assert [s['sampling_step'] for s in Rig.steps] == [0, 0, 1]
+    assert [s['progress'] for s in Rig.steps] == [0, 1 / 3, 2 / 3]
+    assert [s['regional'] for s in Rig.steps] == [False, False, True]
+    _, early = rig.generate(omost(end=0.5), steps=3)
+    assert [s['regional'] for s in Rig.steps] == [True, True, False]
+    results = (full, plain, late, early)
+    assert not any(images_equal(a, b) for i, a in enumerate(results) for b in results[i + 1:])

@@ -63,18 +63,21 @@ class StableDiffusionProcessing:
 
     def get_conds_with_caching(self, prompts, steps, caches, hires_steps=None):
         """processing.get_conds_with_caching: the cached object itself when `cached_params` match (prompts,
-        steps, the model, size, emphasis, extra networks)."""
+        steps, the model, size, emphasis, extra networks), else get_multicond_learned_conditioning (AND)."""
         key = (tuple(prompts), steps, hires_steps, self.sd_model, self.width, self.height, shared.opts.emphasis,
                repr(getattr(self, 'extra_network_data', None)))
         for cache in caches:
             if cache[0] is not None and cache[0] == key:
                 return cache[1]
-        caches[0][1] = prompt_parser.get_multicond_learned_conditioning(self.sd_model, prompts, steps)
+        caches[0][1] = prompt_parser.get_multicond_learned_conditioning(self.sd_model, list(prompts), steps)
         caches[0][0] = key
         return caches[0][1]
 
     def setup_conds(self):
-        self.uc = self.encode(self.negative_prompts)
+        # modules/processing.py setup_conds: uc from get_learned_conditioning, c from
+        # get_multicond_learned_conditioning (AND), cached; Forge skips the uc when cfg_scale == 1 (`self.uc = None`).
+        forge_cfg1 = hasattr(self.sd_model, 'forge_objects') and self.cfg_scale == 1
+        self.uc = None if forge_cfg1 else self.encode(self.negative_prompts)
         self.c = self.get_conds_with_caching(self.prompts, self.steps, [StableDiffusionProcessing.cached_c])
 
     def noise(self, shape):

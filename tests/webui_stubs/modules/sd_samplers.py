@@ -5,8 +5,8 @@
   their LCM is at most 4x the shorter (each context tiled to the LCM), separate calls otherwise; the UnetPatcher
   read from `p.sd_model.forge_objects.unet` when sampling starts; transformer_options carry cond_or_uncond,
   cond_indices, uncond_indices, cond_mark and sigmas.
-Interrupts raise InterruptedException in the denoiser; the sampler returns the last latent. The cond is the
-MulticondLearnedConditioning of processing.setup_conds, stacked per step (prompt_parser.reconstruct_multicond_batch)."""
+Interrupts raise InterruptedException in the denoiser; the sampler returns the last latent."""
+import functools
 import math
 
 import torch
@@ -22,9 +22,18 @@ def _timesteps(sigma):
     return sigma * 100.0
 
 
+def _cat(conds):
+    """modules/sd_samplers_cfg_denoiser.py catenate_conds."""
+    return torch.cat(conds)
+
+
 class A1111CFGDenoiser:
     def __init__(self, sampler):
+        # modules/sd_samplers_cfg_denoiser.py CFGDenoiser.__init__ (both hosts): `step` counts the calls of this
+        # denoiser (`self.step += 1` at the end of forward), `total_steps` is set by Sampler.launch_sampling.
         self.sampler, self.p, self.step = sampler, None, 0
+        self.steps = self.total_steps = None
+        self.image_cfg_scale = None  # KDiffusionSampler.initialize: getattr(p, 'image_cfg_scale', None)
 
     def inner(self, x, sigma, context):
         c_in = 1.0 / torch.sqrt(sigma ** 2 + 1.0)
@@ -32,28 +41,105 @@ class A1111CFGDenoiser:
         return x - eps * sigma[:, None, None, None]
 
     def callbacks(self, x, sigma, uncond, cond):
-        """Interrupt check and on_cfg_denoiser; the callbacks may replace text_cond / text_uncond."""
+        """Interrupt check and on_cfg_denoiser; the callbacks may replace x, sigma, text_cond and text_uncond."""
         if shared.state.interrupted or shared.state.skipped:
             raise sd_samplers_common.InterruptedException
         params = script_callbacks.CFGDenoiserParams(x, None, sigma, shared.state.sampling_step,
                                                     shared.state.sampling_steps, cond, uncond, self)
         script_callbacks.cfg_denoiser_callback(params)
-        return params.text_cond, params.text_uncond
+        return params
 
-    def forward(self, x, sigma, uncond, cond, cond_scale):
-        cond, uncond = self.callbacks(x, sigma, uncond, cond)
-        b = x.shape[0]
-        if cond.shape[1] == uncond.shape[1]:  # batch_cond_uncond: one call, cond rows first
-            out = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([cond, uncond]))
-            out_cond, out_uncond = out[:b], out[b:]
+    def pad_cond_uncond(self, cond, uncond):
+        """CFGDenoiser.pad_cond_uncond: the shorter one gets empty-prompt chunks appended."""
+        empty = self.p.sd_model.cond_stage_model_empty_prompt
+        num_repeats = (cond.shape[1] - uncond.shape[1]) // empty.shape[1]
+        if num_repeats < 0:
+            cond = torch.cat([cond, empty.repeat((cond.shape[0], -num_repeats, 1))], axis=1)
+        elif num_repeats > 0:
+            uncond = torch.cat([uncond, empty.repeat((uncond.shape[0], num_repeats, 1))], axis=1)
+        return cond, uncond
+
+    @staticmethod
+    def pad_cond_uncond_v0(cond, uncond):
+        """CFGDenoiser.pad_cond_uncond_v0: uncond's last vector repeated, or uncond truncated, to cond's length."""
+        if uncond.shape[1] < cond.shape[1]:
+            uncond = torch.hstack([uncond, uncond[:, -1:].repeat([1, cond.shape[1] - uncond.shape[1], 1])])
+        elif uncond.shape[1] > cond.shape[1]:
+            uncond = uncond[:, :cond.shape[1]]
+        return cond, uncond
+
+    def forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond=0.0):
+        """The row layout of A1111 1.10's modules/sd_samplers_cfg_denoiser.py CFGDenoiser.forward, line for line
+        (its image_cond / c_concat and mask blending left out: the tiny UNet takes no extra channels)."""
+        opts = shared.opts
+        is_edit_model = getattr(self.p.sd_model, 'cond_stage_key', None) == 'edit' \
+            and self.image_cfg_scale is not None and self.image_cfg_scale != 1.0
+        conds_list, tensor = prompt_parser.reconstruct_multicond_batch(cond, self.step)
+        batch_size = len(conds_list)
+        repeats = [len(conds_list[i]) for i in range(batch_size)]
+        x_in = torch.cat([torch.stack([x[i] for _ in range(n)]) for i, n in enumerate(repeats)]
+                         + [x] + ([x] if is_edit_model else []))
+        sigma_in = torch.cat([torch.stack([sigma[i] for _ in range(n)]) for i, n in enumerate(repeats)]
+                             + [sigma] + ([sigma] if is_edit_model else []))
+        params = self.callbacks(x_in, sigma_in, uncond, tensor)
+        x_in, sigma_in, tensor, uncond = params.x, params.sigma, params.text_cond, params.text_uncond
+        skip_uncond = False
+        if opts.skip_early_cond != 0. and self.step / self.total_steps <= opts.skip_early_cond:
+            skip_uncond = True
+        elif (self.step % 2 or opts.s_min_uncond_all) and s_min_uncond > 0 and sigma[0] < s_min_uncond \
+                and not is_edit_model:
+            skip_uncond = True
+        if skip_uncond:
+            x_in, sigma_in = x_in[:-batch_size], sigma_in[:-batch_size]
+        # padding comes after the callback: the callback sees the unpadded lengths
+        if opts.pad_cond_uncond_v0 and tensor.shape[1] != uncond.shape[1]:
+            tensor, uncond = self.pad_cond_uncond_v0(tensor, uncond)
+        elif opts.pad_cond_uncond and tensor.shape[1] != uncond.shape[1]:
+            tensor, uncond = self.pad_cond_uncond(tensor, uncond)
+        if tensor.shape[1] == uncond.shape[1] or skip_uncond:
+            if is_edit_model:
+                cond_in = _cat([tensor, uncond, uncond])
+            elif skip_uncond:
+                cond_in = tensor
+            else:
+                cond_in = _cat([tensor, uncond])
+            if opts.batch_cond_uncond:
+                x_out = self.inner(x_in, sigma_in, cond_in)
+            else:
+                x_out = torch.zeros_like(x_in)
+                for a in range(0, x_out.shape[0], batch_size):
+                    b = a + batch_size
+                    x_out[a:b] = self.inner(x_in[a:b], sigma_in[a:b], cond_in[a:b])
         else:
-            out_cond = self.inner(x, sigma, cond)
-            out_uncond = self.inner(x, sigma, uncond)
+            x_out = torch.zeros_like(x_in)
+            batch_size = batch_size * 2 if opts.batch_cond_uncond else batch_size
+            for a in range(0, tensor.shape[0], batch_size):
+                b = min(a + batch_size, tensor.shape[0])
+                x_out[a:b] = self.inner(x_in[a:b], sigma_in[a:b], tensor[a:b])
+            if not skip_uncond:
+                x_out[-uncond.shape[0]:] = self.inner(x_in[-uncond.shape[0]:], sigma_in[-uncond.shape[0]:], uncond)
+        denoised_image_indexes = [c[0][0] for c in conds_list]
+        if skip_uncond:
+            x_out = torch.cat([x_out, torch.cat([x_out[i:i + 1] for i in denoised_image_indexes])])
+        if is_edit_model:  # CFGDenoiser.combine_denoised_for_edit_model
+            out_cond, out_img_cond, out_uncond = x_out.chunk(3)
+            denoised = out_uncond + cond_scale * (out_cond - out_img_cond) \
+                + self.image_cfg_scale * (out_img_cond - out_uncond)
+        else:  # CFGDenoiser.combine_denoised
+            scale = 1.0 if skip_uncond else cond_scale
+            denoised_uncond = x_out[-uncond.shape[0]:]
+            denoised = torch.clone(denoised_uncond)
+            for i, conds in enumerate(conds_list):
+                for cond_index, weight in conds:
+                    denoised[i] += (x_out[cond_index] - denoised_uncond[i]) * (weight * scale)
         self.step += 1
-        return out_uncond + (out_cond - out_uncond) * cond_scale
+        return denoised
 
 
 class ForgeCFGDenoiser(A1111CFGDenoiser):
+    free_memory = float('inf')  # what backend/memory_management.get_free_memory reports (tests lower it)
+    memory_per_row = 1.0        # the UNet's memory_required(input_shape) per batch row
+
     def unet_call(self, x, sigma, context, cond_or_uncond):
         unet = self.sampler.unet_patcher
         b = x.shape[0] // len(cond_or_uncond)
@@ -67,19 +153,56 @@ class ForgeCFGDenoiser(A1111CFGDenoiser):
         eps = unet.model.apply_model(x * c_in[:, None, None, None], _timesteps(sigma), context, options)
         return x - eps * sigma[:, None, None, None]
 
-    def forward(self, x, sigma, uncond, cond, cond_scale):
-        cond, uncond = self.callbacks(x, sigma, uncond, cond)
-        b = x.shape[0]
-        lc, lu = cond.shape[1], uncond.shape[1]
-        lcm = lc * lu // math.gcd(lc, lu)
-        if lcm // min(lc, lu) <= 4:  # concatenable: tiled to the LCM, uncond rows first
-            context = torch.cat([uncond.repeat(1, lcm // lu, 1), cond.repeat(1, lcm // lc, 1)])
-            out = self.unet_call(torch.cat([x, x]), torch.cat([sigma, sigma]), context, [1, 0])
-            out_uncond, out_cond = out[:b], out[b:]
-        else:
-            out_cond = self.unet_call(x, sigma, cond, [0])
-            out_uncond = self.unet_call(x, sigma, uncond, [1])
+    @staticmethod
+    def can_concat(a, b):
+        """backend/sampling/condition.py ConditionCrossAttn.can_concat: lengths whose LCM is <= 4x the shorter."""
+        la, lb = a.shape[1], b.shape[1]
+        lcm = la * lb // math.gcd(la, lb)
+        return lcm // min(la, lb) <= 4
+
+    def calc_cond_uncond_batch(self, x, sigma, cond, uncond):
+        """backend/sampling/sampling_function.py calc_cond_uncond_batch: to_run = [(cond, COND), (uncond, UNCOND)]
+        (uncond left out when it is None); concatenable items are taken in reverse order, as many as fit in
+        free memory (halving until they do), each context tiled to the LCM length (ConditionCrossAttn.concat)."""
+        to_run = [(cond, 0)] + ([(uncond, 1)] if uncond is not None else [])
+        out = {}
+        while to_run:
+            first = to_run[0][0]
+            to_batch_temp = [i for i in range(len(to_run)) if self.can_concat(to_run[i][0], first)]
+            to_batch_temp.reverse()
+            to_batch = to_batch_temp[:1]
+            for i in range(1, len(to_batch_temp) + 1):
+                batch_amount = to_batch_temp[:len(to_batch_temp) // i]
+                if len(batch_amount) * x.shape[0] * self.memory_per_row < self.free_memory:
+                    to_batch = batch_amount
+                    break
+            items = [to_run.pop(i) for i in to_batch]
+            lengths = [c.shape[1] for c, _ in items]
+            lcm = functools.reduce(lambda a, b: a * b // math.gcd(a, b), lengths)
+            context = torch.cat([c.repeat(1, lcm // c.shape[1], 1) for c, _ in items])
+            labels = [label for _, label in items]
+            chunks = self.unet_call(torch.cat([x] * len(items)), torch.cat([sigma] * len(items)), context,
+                                    labels).chunk(len(items))
+            for label, chunk in zip(labels, chunks):
+                out[label] = chunk
+        return out.get(0), out.get(1)
+
+    def forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond=0.0):
+        """modules/sd_samplers_cfg_denoiser.py (Forge) CFGDenoiser.forward -> sampling_function: the callback
+        gets the unpadded conds; skip-early-CFG / NGMS set cond_scale 1; sampling_function_inner drops the
+        uncond at cond_scale 1 (the cfg1 optimisation)."""
+        _, cond = prompt_parser.reconstruct_multicond_batch(cond, self.step)
+        params = self.callbacks(x, sigma, uncond, cond)
+        opts = shared.opts
+        if opts.skip_early_cond > 0 and self.step / self.total_steps <= opts.skip_early_cond:
+            cond_scale = 1.0
+        elif (self.step % 2 or opts.s_min_uncond_all) and s_min_uncond > 0 and sigma[0] < s_min_uncond:
+            cond_scale = 1.0
+        uncond = None if math.isclose(cond_scale, 1.0) else params.text_uncond
+        out_cond, out_uncond = self.calc_cond_uncond_batch(params.x, params.sigma, params.text_cond, uncond)
         self.step += 1
+        if out_uncond is None:
+            return out_cond
         return out_uncond + (out_cond - out_uncond) * cond_scale
 
 
@@ -105,19 +228,32 @@ class Sampler:
         return self.launch_sampling(p, x + noise * sigma_sched[0], sigma_sched, conditioning,
                                     unconditional_conditioning)
 
+    def callback_state(self, d):
+        # modules/sd_samplers_common.py Sampler.callback_state (both hosts): k-diffusion calls it AFTER step i
+        # (k_diffusion/sampling.py sample_euler: `callback({'i': i, ...})` follows the denoiser call), so during
+        # step i >= 1 `state.sampling_step` (what on_cfg_denoiser reports) is still i - 1.
+        shared.state.sampling_step = d['i']
+
     def launch_sampling(self, p, x, sigmas, cond, uncond):
         self.model_wrap_cfg.p = p
+        self.model_wrap_cfg.image_cfg_scale = getattr(p, 'image_cfg_scale', None)  # KDiffusionSampler.initialize
         if self.forge:
             self.unet_patcher = p.sd_model.forge_objects.unet
-        shared.state.sampling_steps = len(sigmas) - 1
+        # modules/sd_samplers_common.py Sampler.launch_sampling: steps and the expected denoiser calls
+        # (SamplerData.total_steps: steps for a first-order sampler like this Euler), then step 0.
+        steps = len(sigmas) - 1
+        self.model_wrap_cfg.steps = steps
+        self.model_wrap_cfg.total_steps = steps
+        shared.state.sampling_steps = steps
+        shared.state.sampling_step = 0
         self.last_latent = x
         try:
-            for i in range(len(sigmas) - 1):
-                shared.state.sampling_step = i
+            for i in range(steps):  # k_diffusion/sampling.py sample_euler
                 sigma = sigmas[i] * x.new_ones(x.shape[0])
-                step_cond = prompt_parser.reconstruct_multicond_batch(cond, i)  # as CFGDenoiser.forward
-                denoised = self.model_wrap_cfg.forward(x, sigma, uncond, step_cond, p.cfg_scale)
+                denoised = self.model_wrap_cfg.forward(x, sigma, uncond, cond, p.cfg_scale,
+                                                      getattr(p, 's_min_uncond', 0.0))
                 self.last_latent = denoised
+                self.callback_state({'i': i, 'sigma': sigmas[i], 'denoised': denoised})
                 x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
         except sd_samplers_common.InterruptedException:
             return self.last_latent

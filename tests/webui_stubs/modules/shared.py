@@ -57,6 +57,12 @@ opts = Options({
     'sd_vae_encode_method': OptionInfo('Full'),
     'img2img_fix_steps': OptionInfo(False),
     'CLIP_stop_at_last_layers': OptionInfo(1),
+    # modules/shared_options.py: the CFG denoiser's layout options (A1111 reads them, Forge only the last two)
+    'batch_cond_uncond': OptionInfo(True),
+    'pad_cond_uncond': OptionInfo(False),
+    'pad_cond_uncond_v0': OptionInfo(False),
+    'skip_early_cond': OptionInfo(0.0),
+    's_min_uncond_all': OptionInfo(False),
 })
 
 cmd_opts = argparse.Namespace()
@@ -76,3 +82,4 @@ class State:
 state = State()
 device = 'cpu'
 sd_model = None
+loaded_hypernetworks = []  # modules/shared.py: what modules.hypernetworks.hypernetwork.load_hypernetworks fills

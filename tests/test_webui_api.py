@@ -202,7 +202,8 @@ def test_saved_defaults_are_what_generation_reads(omost_settings):
     saved = {'txt2img/Region strength/value': 0.8, 'txt2img/From step (fraction)/value': 0.25,
              'txt2img/Regions in the hires pass/value': False, 'txt2img/Tag preset/value': 'anime'}
     loadsave = UiLoadsave(saved)
-    block, (enabled, canvas, options) = _build_tab(script_module)
+    block, controls = _build_tab(script_module)
+    enabled, canvas, options = controls[:3]
     loadsave.add_block(block, 'txt2img')  # after ui() returned, as modules/ui.py: create_ui does
     restored = json.loads(_page_load_value(options))
     assert (restored['strength'], restored['start'], restored['hires'], restored['preset']) == (0.8, 0.25, False,

@@ -589,6 +589,8 @@ def load_canvas(source) -> ParseResult:
     if not isinstance(source, str):
         raise CanvasError(f'expected Canvas code or canvas JSON, got {type(source).__name__}')
     stripped = source.strip()
+    if stripped.startswith(INFOTEXT_PREFIX):
+        stripped = canvas_json_from_infotext(stripped)
     if stripped[:1] in ('{', '['):
         if len(stripped) > MAX_INPUT_CHARS:
             raise CanvasError(f'input is {len(stripped)} characters; the limit is {MAX_INPUT_CHARS}')
@@ -604,24 +606,77 @@ def load_canvas(source) -> ParseResult:
 # Back to code (for the UI's editable canvas box and for restoring pasted infotext)
 
 
+def _add_comment(description: str) -> str:
+    """Omost's comment above a region: '# Add a mighty dragon.' for description 'A mighty dragon.'."""
+    text = ' '.join((description or '').split()) or 'a region.'
+    first = text.split()[0]
+    if first[0].isupper() and (len(first) == 1 or first[1:].islower()):  # 'A', 'The'; not 'UFO'
+        text = text[0].lower() + text[1:]
+    return f'# Add {text}'
+
+
 def canvas_to_code(canvas: Canvas) -> str:
-    """Canvas code that parses back to the same canvas (regions written far to near)."""
+    """Canvas code that parses back to the same canvas, written the way Omost's models write it (their comments,
+    one argument per line, unindented), regions far to near."""
     def s(x):
         return repr(x)
 
     def lst(items):
-        return '[\n' + ''.join(f'    {s(x)},\n' for x in items) + ']'
+        return '[\n' + ''.join(f'{s(x)},\n' for x in items) + ']' if items else '[]'
 
     if any(r.raw for r in canvas.regions):
         raise CanvasError('this canvas came from ComfyUI JSON (rects only) and has no Canvas code form; use its JSON')
     g = canvas.global_region
-    out = ['canvas = Canvas()', 'canvas.set_global_description(',
-           f'description={s(g.description)},', f'detailed_descriptions={lst(g.detailed_descriptions)},',
-           f'tags={s(g.tags)},', f'HTML_web_color_name={s(g.color_name)},', ')']
+    out = ['# Initialize the canvas', 'canvas = Canvas()', '# Set a global description for the canvas',
+           'canvas.set_global_description(', f'description={s(g.description)},',
+           f'detailed_descriptions={lst(g.detailed_descriptions)},', f'tags={s(g.tags)},',
+           f'HTML_web_color_name={s(g.color_name)},', ')']
     for r in canvas.local_regions:
-        out += ['canvas.add_local_description(', f'location={s(r.location)},', f'offset={s(r.offset)},',
-                f'area={s(r.area)},', f'distance_to_viewer={r.distance_to_viewer!r},',
+        out += [_add_comment(r.description), 'canvas.add_local_description(', f'location={s(r.location)},',
+                f'offset={s(r.offset)},', f'area={s(r.area)},', f'distance_to_viewer={r.distance_to_viewer!r},',
                 f'description={s(r.description)},', f'detailed_descriptions={lst(r.detailed_descriptions)},',
                 f'tags={s(r.tags)},', f'atmosphere={s(r.atmosphere)},', f'style={s(r.style)},',
                 f'quality_meta={s(r.quality_meta)},', f'HTML_web_color_name={s(r.color_name)},', ')']
     return '\n'.join(out) + '\n'
+
+
+def replace_code(reply: str, code: str) -> str:
+    """`reply` with its canvas code replaced by `code` (the text around the code block is kept)."""
+    fence = re.search(r'(```[ \t]*(?:python|py)?[ \t]*\r?\n)(.*?)(\r?\n[ \t]*```|\Z)', reply,
+                      re.DOTALL | re.IGNORECASE)
+    if fence and 'canvas' in fence.group(2).lower():
+        return reply[:fence.start(2)] + code.rstrip('\n') + reply[fence.end(2):]
+    if '```' not in reply and 'canvas' in reply.lower():
+        return code  # the reply was bare code
+    return reply.rstrip() + '\n\n```python\n' + code.rstrip('\n') + '\n```'
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Compact, lossless infotext form: "omz1." + base64url(zlib(canvas JSON)), no quotes, commas or colons to escape
+
+
+INFOTEXT_PREFIX = 'omz1.'
+
+
+def canvas_to_infotext(canvas: Canvas) -> str:
+    import base64
+    import zlib
+    data = json.dumps(canvas_to_json(canvas), separators=(',', ':'), ensure_ascii=False).encode('utf-8')
+    return INFOTEXT_PREFIX + base64.urlsafe_b64encode(zlib.compress(data, 9)).decode('ascii').rstrip('=')
+
+
+def canvas_json_from_infotext(text: str) -> str:
+    """The canvas JSON text of an infotext value written by `canvas_to_infotext` (bounded: no zip bombs)."""
+    import base64
+    import binascii
+    import zlib
+    body = text.strip()[len(INFOTEXT_PREFIX):]
+    try:
+        packed = base64.urlsafe_b64decode(body + '=' * (-len(body) % 4))
+        inflater = zlib.decompressobj()
+        data = inflater.decompress(packed, MAX_INPUT_CHARS * 4)
+        if inflater.unconsumed_tail:
+            raise CanvasError(f'compressed canvas is larger than {MAX_INPUT_CHARS} characters')
+        return data.decode('utf-8')
+    except (binascii.Error, ValueError, zlib.error) as e:
+        raise CanvasError(f'not a valid compressed canvas ({INFOTEXT_PREFIX}...): {e}') from None

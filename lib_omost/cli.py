@@ -87,16 +87,24 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--base-url', help='OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1')
     src.add_argument('--local', metavar='PATH', help='a local transformers model folder')
+    src.add_argument('--gguf', metavar='FILE', help='a GGUF file, or a known GGUF name, run in process by '
+                                                    'llama-cpp-python')
     p.add_argument('--model', help='model name on the server')
     p.add_argument('--api-key', default=None)
-    p.add_argument('--timeout', type=float, default=120.0, help='seconds to wait for the server (connect and read)')
+    p.add_argument('--timeout', type=float, default=120.0,
+                   help='seconds to wait for the server: to connect, for the first reply text and between pieces of '
+                        'text (keep-alives do not count)')
     p.add_argument('--seed', type=int, default=12345)
     p.add_argument('--temperature', type=float, default=0.6, help='0 = greedy')
     p.add_argument('--top-p', type=float, default=0.9)
     p.add_argument('--max-new-tokens', type=int, default=4096)
     p.add_argument('--no-cache', action='store_true', help='do not read or write the response cache')
     p.add_argument('--cache-dir', default=None, help='response cache folder')
-    p.add_argument('--models-dir', default='models/omost', help='where --local Omost model names are downloaded')
+    p.add_argument('--models-dir', default='models/omost',
+                   help='where --local Omost model names and --gguf known names are downloaded')
+    p.add_argument('--n-gpu-layers', type=int, default=None,
+                   help='--gguf: layers on the GPU (default: all with a GPU build of llama-cpp-python, else 0)')
+    p.add_argument('--threads', type=int, default=None, help="--gguf: CPU threads (default: llama.cpp's choice)")
     p.add_argument('-o', '--output', help='write the canvas code of the reply here')
     p.set_defaults(func=cmd_chat)
 
@@ -104,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_guide_parser(sub)
 
     p = sub.add_parser('bench', help='benchmarks that print ratios side by side')
-    p.add_argument('what', choices=['canvas', 'attention', 'llm', 'host'])
+    p.add_argument('what', choices=['canvas', 'attention', 'llm', 'host', 'live'])
     p.add_argument('--quick', action='store_true', help='fewer shapes and repeats')
     p.add_argument('--url', help='host: the running WebUI, e.g. http://127.0.0.1:7860')
     p.add_argument('--pid', type=int, help='host: the WebUI process (CPU time and peak memory)')
@@ -113,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--repeats', type=int, help='host: timed runs of each kind (default 3)')
     p.add_argument('--canvas', help='host: the canvas file (default: the dragon battle transcript)')
     p.add_argument('--json', help='host: also write the figures here')
+    p.add_argument('--rate', type=float, help='live: tokens per second the loopback server streams (default 50)')
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -59,14 +59,16 @@ def _state(p):
 
 def search_folders() -> list:
     """Where the hosts keep CLIP vision towers, then ours: Forge's ControlNet preprocessor folder
-    (`modules_forge.shared.preprocessor_dir`/clip_vision), sd-webui-controlnet's annotator downloads
+    (`modules_forge.shared.preprocessor_dir`, where its IP-Adapter/Revision preprocessors download
+    CLIP-ViT-bigG.safetensors, and its clip_vision), sd-webui-controlnet's annotator downloads
     (`annotator/annotator_path.py`: the `control_net_modules_path` setting or annotator/downloads, /clip_vision),
     `models/clip_vision`, and `models/omost/clip_vision`. Only .safetensors files in them are used."""
     import glob
     from modules import paths, shared
     models = paths.models_path
-    folders = [os.path.join(getattr(shared.cmd_opts, 'controlnet_preprocessor_models_dir', None)
-                            or os.path.join(models, 'ControlNetPreprocessor'), 'clip_vision')]
+    forge = getattr(shared.cmd_opts, 'controlnet_preprocessor_models_dir', None) \
+        or os.path.join(models, 'ControlNetPreprocessor')
+    folders = [forge, os.path.join(forge, 'clip_vision')]  # Forge downloads CLIP-ViT-bigG.safetensors into the first
     cn_setting = getattr(shared.opts, 'data', {}).get('control_net_modules_path')
     if cn_setting:
         folders.append(os.path.join(cn_setting, 'clip_vision'))
@@ -78,7 +80,7 @@ def search_folders() -> list:
 
 def own_folder() -> str:
     from omost_webui import settings
-    return os.path.join(settings.default_models_dir(), 'clip_vision')
+    return os.path.join(settings.models_dir(), 'clip_vision')
 
 
 def resolve_towers(widths, say=print) -> dict:

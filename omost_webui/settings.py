@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 SECTION = ('omost', 'Omost')
-BACKENDS = ('server', 'local')  # OpenAI-compatible HTTP server / transformers inside the WebUI
+BACKENDS = ('server', 'local', 'gguf')  # OpenAI-compatible HTTP server / transformers / llama.cpp in the WebUI
 
 
 def _cmd(name: str, default: str = '') -> str:
@@ -162,6 +162,8 @@ def _options():
          'http://127.0.0.1:8080/v1)', 'Textbox', {}, {}),
         ('omost_server_model', _cmd('omost_model'), 'Default model name on the LLM server', 'Textbox', {}, {}),
         ('omost_local_model', '', 'Default local model (folder name or Hugging Face id)', 'Textbox', {}, {}),
+        ('omost_gguf_model', '', 'Default GGUF model for the gguf backend (a known name or a .gguf path; needs '
+         'llama-cpp-python)', 'Textbox', {}, {}),
         ('omost_keep_loaded', True, 'Keep the local LLM loaded between replies (off: unload after each reply to '
          'free memory for the image model)', 'Checkbox', {}, {}),
         ('omost_presets_file', '', 'Tag presets file (empty: presets.json in the WebUI data folder, under omost/; '
@@ -174,9 +176,9 @@ def _options():
         ('omost_vision_path', '', 'Image guidance: CLIP vision tower file or folder (.safetensors; searched first, '
          'then the clip_vision folders of the WebUI and models/omost/clip_vision)', 'Textbox', {}, {}),
         ('omost_vision_url_768', _vision_url(768), 'Image guidance: download URL of the ViT-L/14 tower when none '
-         'is found (empty: never download)', 'Textbox', {}, {}),
+         'is found (empty: never download)', 'Textbox', {}, {'restrict_api': True}),
         ('omost_vision_url_1280', _vision_url(1280), 'Image guidance: download URL of the ViT-bigG/14 tower (SDXL) '
-         'when none is found (empty: never download)', 'Textbox', {}, {}),
+         'when none is found (empty: never download)', 'Textbox', {}, {'restrict_api': True}),
         ('omost_cache_mb', 64, 'LLM response cache size (MB; 0 turns the cache off)', 'Number',
          {'precision': 0, 'minimum': 0}, {}),
     ]
@@ -212,6 +214,7 @@ def current() -> dict:
         api_key=_cmd('omost_api_key') or os.environ.get('OMOST_API_KEY', ''),
         backend=get('omost_backend', 'server') if get('omost_backend') in BACKENDS else 'server',
         local_model=get('omost_local_model', ''),
+        gguf_model=get('omost_gguf_model', ''),
         models_dir=models_dir(),
         keep_loaded=bool(get('omost_keep_loaded', True)),
         system_prompt=get('omost_system_prompt', ''),

@@ -14,16 +14,19 @@ import html
 import json
 import logging
 import threading
+import time
 from typing import Callable
 
 import gradio as gr
 
-from lib_omost.canvas import CanvasError, extract_code, load_canvas
+from lib_omost.canvas import INFOTEXT_PREFIX, CanvasError, extract_code, load_canvas
+from lib_omost.canvas_stream import CanvasStream
 from lib_omost.options import RenderOptions, parse_options
 
 log = logging.getLogger(__name__)
 
-PREVIEW_SIDE = 384  # long side of the region preview; small so it renders on every keystroke
+LIVE_INTERVAL_S = 0.25  # while a reply streams, the canvas (and so the editor) updates at most this often
+KEPT_CANVAS_MESSAGE = 'Start from this canvas.'  # New chat with "keep the canvas": the first turn's user side
 EXAMPLES = (  # Omost's own quick prompts
     'generate an image of the fierce battle of warriors and a dragon',
     'change the dragon to a dinosaur',
@@ -49,6 +52,8 @@ class ChatSession:
         self.stop = threading.Event()
         self.editing = False  # "Edit last" was pressed: the next Send replaces the last turn
         self.busy = False
+        self.editor_seq = 0   # the last region-editor edit applied (the editor ignores states older than its edits)
+        self.state_rev = 0    # editor states started; only the newest may write (gradio 3 runs them in parallel)
 
     def __deepcopy__(self, memo):  # gr.State deep-copies its default for every new session
         return ChatSession()
@@ -58,41 +63,97 @@ class ChatSession:
 # Status lines (HTML: server errors and canvas messages are untrusted text, so everything is escaped)
 
 
-def status_html(text: str = '', kind: str = 'info') -> str:
+def status_html(text: str = '', kind: str = 'info', extra_class: str = '') -> str:
     if not text:
         return ''
-    return f'<div class="omost-status omost-{kind}">{html.escape(text)}</div>'
+    classes = f'omost-status omost-{kind}' + (f' {extra_class}' if extra_class else '')
+    return f'<div class="{classes}">{html.escape(text)}</div>'
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Canvas preview
+# Canvas -> region editor (javascript/omost_editor.js draws the state and sends edits back as canvas JSON)
 
 
-def render_preview(canvas_text: str, width=1024, height=1024):
-    """(preview image or None, status HTML, canvas text update). Canvas JSON and whole replies become code.
-    The preview has the image's aspect ratio (Omost stretches its 90x90 grid to the image)."""
-    from lib_omost.sketch import overlay_preview
+def _size(width, height) -> tuple:
+    return tuple(int(v) if v and v > 0 else 1024 for v in (width, height))
+
+
+def canvas_summary(result) -> str:
+    """The status lines under the editor for a parsed canvas."""
+    n = len(result.canvas.local_regions)
+    lines = [status_html(f'{n} region{"s" if n != 1 else ""} + background.', 'ok')]
+    lines += [status_html(f'Warning: {w}', 'warning') for w in result.warnings]
+    return '\n'.join(lines)
+
+
+def editor_state(session, canvas_text: str, width=1024, height=1024) -> tuple:
+    """(editor state JSON, status HTML, parse result or None) for the canvas text."""
+    width, height = _size(width, height)
+    state = {'ack': session.editor_seq if session else 0, 'live': bool(session and session.busy),
+             'width': width, 'height': height, 'canvas': None, 'error': None}
     text = canvas_text or ''
     if not text.strip():
-        return None, status_html(NO_CANVAS), gr.update()
+        return json.dumps(state), status_html(NO_CANVAS), None
     try:
         result = load_canvas(text)
     except CanvasError as e:
-        return None, status_html(f'Canvas error: {e}', 'error'), gr.update()
-    canvas = result.canvas
+        state['error'] = str(e)
+        return json.dumps(state), status_html(f'Canvas error: {e}', 'error'), None
+    state['canvas'] = result.canvas.to_json()
+    return json.dumps(state), canvas_summary(result), result
+
+
+def canvas_changed(session, canvas_text, width=1024, height=1024):
+    """The code box changed (user, chat, pasted infotext, the editor): (editor state, status, code update).
+    Canvas JSON and whole replies become code."""
     new_text = gr.update()
-    if text.lstrip()[:1] in ('{', '[') or '```' in text:
+    if session.busy:  # a reply is streaming: the chat writes the editor state itself, in order
+        return new_text, new_text, new_text
+    rev = session.state_rev = session.state_rev + 1
+    state, status, result = editor_state(session, canvas_text, width, height)
+    if session.state_rev != rev:  # a newer canvas is being read: let it write, or an old state could win
+        return new_text, new_text, new_text
+    text = (canvas_text or '').lstrip()
+    if result is not None and (text[:1] in ('{', '[') or '```' in text or text.startswith(INFOTEXT_PREFIX)):
         try:  # show pasted JSON / a pasted reply as code; ComfyUI JSON has no code form and stays JSON
-            new_text = gr.update(value=canvas.to_code())
+            new_text = gr.update(value=result.canvas.to_code())
         except CanvasError:
             pass
-    width, height = (int(v) if v and v > 0 else 1024 for v in (width, height))
-    image = overlay_preview(canvas, width, height, max_side=PREVIEW_SIDE)
-    n = len(canvas.local_regions)
-    lines = [f'{n} region{"s" if n != 1 else ""} + background.']
-    lines += [f'Warning: {w}' for w in result.warnings]
-    kind = 'warning' if result.warnings else 'ok'
-    return image, '\n'.join(status_html(line, kind if i else 'ok') for i, line in enumerate(lines)), new_text
+    return state, status, new_text
+
+
+def apply_editor_edit(session, edit_text, canvas_text, width=1024, height=1024):
+    """An edit from the region editor ({seq, canvas JSON}): (code update, editor state, status). The code is
+    rewritten in the LLM's format; an invalid edit keeps the code and says why."""
+    keep = gr.update()
+    try:
+        edit = json.loads(edit_text or 'null')
+        seq, data = int(edit['seq']), edit['canvas']
+    except (ValueError, TypeError, KeyError):
+        return keep, keep, keep
+    if seq <= session.editor_seq:
+        return keep, keep, keep  # an older edit that arrived late
+    session.editor_seq = seq
+    session.state_rev += 1
+    try:
+        code = load_canvas(data).canvas.to_code()
+    except CanvasError as e:  # the editor only builds valid canvases; still, never lose the code for it
+        state, _, _ = editor_state(session, canvas_text, width, height)
+        return keep, state, status_html(f'Edit not applied: {e}', 'error')
+    state, status, _ = editor_state(session, code, width, height)
+    return code, state, status
+
+
+def enabled_html(enabled, canvas_text='') -> str:
+    """The on/off line at the top of the accordion: Generate with a canvas but Omost off is easy to miss."""
+    has_canvas = bool((canvas_text or '').strip())
+    if enabled:
+        return status_html('Omost is ON: Generate uses the canvas regions.' if has_canvas else
+                           'Omost is ON, but there is no canvas yet: chat or paste one before Generate.',
+                           'ok' if has_canvas else 'warning', 'omost-onoff omost-on')
+    return status_html('Omost is OFF: Generate ignores this canvas and renders a plain image. Tick "Omost" in the '
+                       'header to use it.' if has_canvas else 'Omost is OFF (tick "Omost" in the header to use it).',
+                       'warning' if has_canvas else 'info', 'omost-onoff omost-off')
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -129,18 +190,28 @@ _local_backend = {'key': None, 'backend': None}
 _local_lock = threading.Lock()
 
 
-def make_backend(kind, server_url, server_model, api_key, local_model, models_dir, keep_loaded):
+def make_backend(kind, server_url, server_model, api_key, local_model, models_dir, keep_loaded, gguf_model='',
+                 gguf_gpu_layers=-1, gguf_threads=0):
     from lib_omost.llm import ChatError, LocalBackend, ServerBackend
-    if kind == 'local':
-        if not local_model:
+    if kind in ('local', 'gguf'):
+        if kind == 'local' and not local_model:
             raise ChatError('Choose a local Omost model in the LLM settings.')
-        key = (local_model, models_dir, bool(keep_loaded))
-        with _local_lock:  # one local model at a time, reused across replies while "keep loaded" holds it
+        if kind == 'gguf' and not (gguf_model or '').strip():
+            raise ChatError('Choose a GGUF model (a known name or the path of a .gguf file) in the LLM settings.')
+        if kind == 'gguf':
+            from lib_omost.llm.gguf import GGUFBackend
+            layers, threads = int(gguf_gpu_layers if gguf_gpu_layers is not None else -1), int(gguf_threads or 0)
+            key = (kind, gguf_model.strip(), models_dir, bool(keep_loaded), layers, threads)
+            make = lambda: GGUFBackend(gguf_model.strip(), models_dir, keep_loaded=bool(keep_loaded),  # noqa: E731
+                                       n_gpu_layers=layers, threads=threads)
+        else:
+            key = (local_model, models_dir, bool(keep_loaded))
+            make = lambda: LocalBackend(local_model, models_dir, keep_loaded=bool(keep_loaded))  # noqa: E731
+        with _local_lock:  # one in-process model at a time, reused across replies while "keep loaded" holds it
             if _local_backend['key'] != key:
                 if _local_backend['backend'] is not None:
                     _local_backend['backend'].unload()  # free the previous model's memory first
-                _local_backend.update(key=key, backend=LocalBackend(local_model, models_dir,
-                                                                    keep_loaded=bool(keep_loaded)))
+                _local_backend.update(key=key, backend=make())
             return _local_backend['backend']
     if not (server_url or '').strip():
         raise ChatError('Set the LLM server URL in the LLM settings (e.g. http://127.0.0.1:8080/v1).')
@@ -175,22 +246,51 @@ def refresh_models(server_url, server_model, api_key, saved_api_key=('', '')):
     return gr.update(choices=models, value=value), status_html(f'{len(models)} model(s) on the server.')
 
 
-def _finished_status(upd) -> str:
-    parts = []
+def _finished_status(upd, prefix: str = '') -> str:
+    parts = [prefix] if prefix else []
     if upd.notice:
         parts.append(upd.notice)
     if upd.cached:
         parts.append('Answered from the response cache.')
     elif upd.tokens:
-        parts.append(f'{upd.tokens} tokens, {upd.tokens_per_s:.1f} tokens/s.')
+        about = '' if upd.tokens_exact else 'about '  # a server that sends no usage: estimated from characters
+        parts.append(f'{about}{upd.tokens} tokens, {upd.tokens_per_s:.1f} tokens/s.')
     return ' '.join(parts)  # the engine's notice already says when a reply was stopped or cut
 
 
+CONTINUING = 'Continuing from your edited canvas.'
+
+
+def _canvas_json(text):
+    try:
+        return load_canvas(text).canvas.to_json()
+    except CanvasError:
+        return None
+
+
+def mark_edited_canvas(conv, canvas_text) -> bool:
+    """Before a new message: when the canvas in the code box differs from the last reply's, the model is sent the
+    edited canvas as its last canvas (Omost's format: the model edits the code it sees). True when it is."""
+    if not conv.turns or not conv.turns[-1].assistant or canvas_text is None:
+        return False
+    last = conv.turns[-1]
+    current = _canvas_json(canvas_text)
+    if current is None or current == _canvas_json(last.assistant):
+        last.edited_canvas = None
+        return False
+    last.edited_canvas = load_canvas(canvas_text).canvas.to_code()
+    return True
+
+
 def chat_stream(mode, session, message, kind, server_url, server_model, api_key, local_model, keep_loaded,
-                seed, temperature, top_p, max_new_tokens, *, models_dir='', system_prompt='', cache=None,
-                saved_api_key=('', '')):
+                seed, temperature, top_p, max_new_tokens, gguf_model='', gguf_gpu_layers=-1, gguf_threads=0, *,
+                models_dir='', system_prompt='', cache=None, saved_api_key=('', ''), canvas_text=None,
+                live_preview=True):
     """Generator of (chatbot, input box, canvas text, status) for Send ('new'/'edit') and Retry ('retry').
-    An empty API key box means the saved key, for the saved server URL only (`api_key_for`)."""
+    An empty API key box means the saved key, for the saved server URL only (`api_key_for`).
+    canvas_text: the code box; when it was edited after the last reply, the model continues from the edit.
+    live_preview: while the reply streams, each complete Canvas call goes to the code box (and so the editor),
+    at most every LIVE_INTERVAL_S."""
     from lib_omost.llm import ChatError, ChatParams, stream_reply
     keep = gr.update()
     conv = session.conversation
@@ -207,23 +307,37 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
     elif not (message or '').strip():
         yield keep, keep, keep, status_html('Type a message first.', 'warning')
         return
+    continuing = CONTINUING if mode == 'new' and mark_edited_canvas(conv, canvas_text) else ''
     base = conv.display_history()[:-1] if mode in ('retry', 'edit') else conv.display_history()
     box_on_error = keep if mode == 'retry' else message
     session.busy = True
     session.stop.clear()
     upd = None
+    live = CanvasStream() if live_preview else None
+    live_due, live_pending, shown_status = 0.0, False, None
     try:
-        yield base + [(message, '')], ('' if mode != 'retry' else keep), keep, status_html('Waiting for the LLM...')
+        yield (base + [(message, '')], ('' if mode != 'retry' else keep), keep,
+               status_html(' '.join(filter(None, [continuing, 'Waiting for the LLM...']))))
         backend = make_backend(kind, server_url, server_model, api_key_for(server_url, api_key, saved_api_key),
-                               local_model, models_dir, keep_loaded)
+                               local_model, models_dir, keep_loaded, gguf_model, gguf_gpu_layers, gguf_threads)
         params = ChatParams(seed=int(seed), temperature=float(temperature), top_p=float(top_p),
                             max_new_tokens=int(max_new_tokens))
         for upd in stream_reply(backend, conv, message, params, session.stop, system_prompt=system_prompt or None,
                                 cache=cache, mode=mode):
             if upd.done:
                 break
-            status = status_html(upd.notice) if upd.notice else keep
-            yield base + [(message, upd.text)], keep, keep, status
+            canvas_now = keep
+            if live is not None:
+                live_pending = live.feed(upd.text) or live_pending
+                now = time.monotonic()
+                if live_pending and now >= live_due:  # a few updates a second, never one per token
+                    canvas_now, live_pending, live_due = live.code, False, now + LIVE_INTERVAL_S
+            regions = (f'{len(live.result.canvas.local_regions)} regions so far...'
+                       if live is not None and live.result is not None else '')
+            text = ' '.join(filter(None, [continuing, upd.notice, regions]))
+            status = status_html(text) if text and text != shown_status else keep
+            shown_status = text or shown_status
+            yield base + [(message, upd.text)], keep, canvas_now, status
     except ChatError as e:
         yield _unanswered(conv, mode), box_on_error, keep, status_html(str(e), 'error')
         return
@@ -255,7 +369,16 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
         canvas = extract_code(upd.text)
     except CanvasError:
         pass  # the engine's notice already says the reply has no canvas
-    yield history, keep, canvas, status_html(_finished_status(upd), 'ok')
+    yield history, keep, canvas, status_html(_finished_status(upd, continuing), 'ok')
+
+
+def chat_with_editor(mode, session, *args, image_size=(), **kwargs):
+    """`chat_stream`'s updates plus the region editor's state and status whenever the canvas text changes: a
+    streaming reply draws its regions as they come (gradio 3 drops the code box's change events meanwhile)."""
+    for step in chat_stream(mode, session, *args, **kwargs):
+        code = step[2]
+        shown = editor_state(session, code, *image_size)[:2] if isinstance(code, str) else (gr.update(), gr.update())
+        yield (*step, *shown)
 
 
 def _unanswered(conv, mode) -> list:
@@ -280,12 +403,22 @@ def edit_last(session):
             status_html('Editing the last message: change it and send (New chat cancels).'))
 
 
-def new_chat(session):
-    from lib_omost.llm import Conversation
+def new_chat(session, keep_canvas=False, canvas_text=''):
+    """(chatbot, status, canvas update). The canvas is cleared unless `keep_canvas`: then the new chat starts
+    from it (one turn holding it as the assistant's canvas, so the next message edits it)."""
+    from lib_omost.llm import Conversation, Turn
     session.stop.set()
     session.conversation = Conversation()
     session.editing = False
-    return [], status_html('')
+    if not keep_canvas:
+        return [], status_html(''), ''
+    try:
+        code = load_canvas(canvas_text or '').canvas.to_code()
+    except CanvasError:
+        return [], status_html('New chat; there was no readable canvas to keep.'), gr.update()
+    session.conversation.turns.append(Turn(KEPT_CANVAS_MESSAGE, f'```python\n{code}```'))
+    return session.conversation.display_history(), status_html('New chat, starting from the kept canvas.'), \
+        gr.update()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -300,6 +433,7 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
     preview then has the image's aspect ratio and follows them.
     """
     from lib_omost.llm import DEFAULT_MODEL, OMOST_MODELS
+    from lib_omost.llm.models import DEFAULT_GGUF, GGUF_MODELS
     c = {}
     defaults = RenderOptions()
     presets = ['none'] + [p for p in settings.get('presets') or [] if p != 'none']
@@ -308,9 +442,19 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
 
     with accordion_cls(False, label='Omost', elem_id=elem_id('omost')) as enabled:
         c['session'] = gr.State(ChatSession())
-        with gr.Row(elem_id=elem_id('omost_main')):
-            with gr.Column(scale=3, min_width=320, elem_id=elem_id('omost_chat_column')):
-                c['chatbot'] = gr.Chatbot(value=[], label='Omost chat', height=360, elem_id=elem_id('omost_chat'),
+        c['onoff'] = gr.HTML(enabled_html(False), elem_id=elem_id('omost_onoff'))
+        with gr.Row(elem_id=elem_id('omost_main'), equal_height=False):
+            # The region editor first and widest: it is where the canvas is looked at and shaped.
+            with gr.Column(scale=3, min_width=360, elem_id=elem_id('omost_canvas_column')):
+                c['editor'] = gr.HTML('<div class="omost-editor-mount"></div>', elem_id=elem_id('omost_editor'))
+                # Python <-> javascript/omost_editor.js: the canvas to draw, and the edited canvas coming back.
+                c['editor_state'] = gr.Textbox(editor_state(None, '')[0], show_label=False, lines=1, max_lines=1,
+                                               elem_id=elem_id('omost_editor_state'), elem_classes=['omost-hidden'])
+                c['editor_edit'] = gr.Textbox('', show_label=False, lines=1, max_lines=1,
+                                              elem_id=elem_id('omost_editor_edit'), elem_classes=['omost-hidden'])
+                c['preview_status'] = gr.HTML(status_html(NO_CANVAS), elem_id=elem_id('omost_preview_status'))
+            with gr.Column(scale=2, min_width=320, elem_id=elem_id('omost_chat_column')):
+                c['chatbot'] = gr.Chatbot(value=[], show_label=False, height=360, elem_id=elem_id('omost_chat'),
                                           elem_classes=['omost-chatbot'])
                 c['message'] = gr.Textbox(lines=2, max_lines=12, show_label=False, elem_id=elem_id('omost_input'),
                                           placeholder='Describe an image, or how to change it. '
@@ -323,12 +467,14 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                     c['retry'] = gr.Button('Retry', size='sm', elem_id=elem_id('omost_retry'))
                     c['edit'] = gr.Button('Edit last', size='sm', elem_id=elem_id('omost_edit'))
                     c['new'] = gr.Button('New chat', size='sm', elem_id=elem_id('omost_new'))
+                c['keep_canvas'] = gr.Checkbox(False, label='New chat keeps the canvas (and continues from it)',
+                                               elem_id=elem_id('omost_keep_canvas'))
                 with gr.Row(elem_id=elem_id('omost_examples')):
                     c['examples'] = [gr.Button(text, size='sm', elem_id=elem_id(f'omost_example_{i}'),
                                                elem_classes=['omost-example']) for i, text in enumerate(EXAMPLES)]
                 c['chat_status'] = gr.HTML('', elem_id=elem_id('omost_chat_status'))
                 with gr.Accordion('LLM settings', open=False, elem_id=elem_id('omost_llm_settings')):
-                    c['backend'] = gr.Dropdown(['server', 'local'], value=backend_kind, label='Backend',
+                    c['backend'] = gr.Dropdown(['server', 'local', 'gguf'], value=backend_kind, label='Backend',
                                                elem_id=elem_id('omost_backend'))
                     with gr.Group(visible=backend_kind == 'server', elem_id=elem_id('omost_server_group')) as sg:
                         c['server_url'] = gr.Textbox(settings.get('server_url', ''), label='Server base URL',
@@ -353,9 +499,20 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                         local = settings.get('local_model') or DEFAULT_MODEL
                         c['local_model'] = gr.Dropdown(local_models, value=local, allow_custom_value=True,
                                                        label='Local model', elem_id=elem_id('omost_local_model'))
-                        c['keep_loaded'] = gr.Checkbox(bool(settings.get('keep_loaded', True)),
-                                                       label='Keep the model loaded between replies',
-                                                       elem_id=elem_id('omost_keep_loaded'))
+                    with gr.Group(visible=backend_kind == 'gguf', elem_id=elem_id('omost_gguf_group')) as gg:
+                        gguf = settings.get('gguf_model') or DEFAULT_GGUF
+                        c['gguf_model'] = gr.Dropdown(list(GGUF_MODELS), value=gguf, allow_custom_value=True,
+                                                      label='GGUF model (a known name, downloaded on first use, or '
+                                                      'a .gguf path)', elem_id=elem_id('omost_gguf_model'))
+                        with gr.Row():
+                            c['gguf_gpu_layers'] = gr.Number(-1, precision=0, label='GPU layers (-1: all with a GPU '
+                                                             'build, 0: CPU)', elem_id=elem_id('omost_gguf_gpu_layers'))
+                            c['gguf_threads'] = gr.Number(0, precision=0, label='CPU threads (0: automatic)',
+                                                          elem_id=elem_id('omost_gguf_threads'))
+                    c['keep_loaded'] = gr.Checkbox(bool(settings.get('keep_loaded', True)),
+                                                   label='Keep the in-process model loaded between replies',
+                                                   visible=backend_kind != 'server',
+                                                   elem_id=elem_id('omost_keep_loaded'))
                     with gr.Row():
                         c['seed'] = gr.Number(12345, precision=0, label='Seed', elem_id=elem_id('omost_seed'))
                         c['temperature'] = gr.Slider(0.0, 2.0, 0.6, step=0.01, label='Temperature',
@@ -366,13 +523,11 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                                                         elem_id=elem_id('omost_max_new_tokens'))
                     c['clear_cache'] = gr.Button('Clear response cache', size='sm',
                                                  elem_id=elem_id('omost_clear_cache'))
-            with gr.Column(scale=2, min_width=280, elem_id=elem_id('omost_canvas_column')):
-                c['preview'] = gr.Image(None, type='pil', interactive=False, label='Regions', height=PREVIEW_SIDE,
-                                        elem_id=elem_id('omost_preview'))
-                c['preview_status'] = gr.HTML(status_html(NO_CANVAS), elem_id=elem_id('omost_preview_status'))
-                with gr.Accordion('Canvas code', open=False, elem_id=elem_id('omost_canvas_accordion')):
-                    canvas_text = gr.Code('', language='python', interactive=True, lines=12, label='Canvas',
-                                          elem_id=elem_id('omost_canvas'))
+        with gr.Accordion('Canvas code', open=False, elem_id=elem_id('omost_canvas_accordion')):
+            canvas_text = gr.Code('', language='python', interactive=True, lines=12, label='Canvas',
+                                  elem_id=elem_id('omost_canvas'))
+        with gr.Row(elem_id=elem_id('omost_options_row')):
+            with gr.Column():
                 with gr.Accordion('Render options', open=False, elem_id=elem_id('omost_options_accordion')):
                     o = {}
                     with gr.Row():
@@ -412,12 +567,19 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
     controls = [o[name] for name in OPTION_NAMES]
     c.update(enabled=enabled, canvas=canvas_text, options=options_text, **{f'opt_{k}': v for k, v in o.items()})
 
-    # Preview follows the canvas text, whoever changed it (user, chat, pasted infotext).
+    # The editor follows the canvas text, whoever changed it (user, chat, pasted infotext, the editor itself), and
+    # the image size; an editor edit rewrites the code. Unqueued: they must not wait behind a streaming reply.
     size = list(image_size or [])
-    canvas_text.change(render_preview, [canvas_text] + size, [c['preview'], c['preview_status'], canvas_text])
+    session, state, edit = c['session'], c['editor_state'], c['editor_edit']
+    canvas_text.change(canvas_changed, [session, canvas_text] + size, [state, c['preview_status'], canvas_text],
+                       queue=False)
     for component in size:
-        component.change(lambda *args: render_preview(*args)[:2], [canvas_text] + size,
-                         [c['preview'], c['preview_status']])
+        component.change(lambda *args: canvas_changed(*args)[:2], [session, canvas_text] + size,
+                         [state, c['preview_status']], queue=False)
+    edit.change(apply_editor_edit, [session, edit, canvas_text] + size, [canvas_text, state, c['preview_status']],
+                queue=False)
+    for component in (enabled, canvas_text):
+        component.change(enabled_html, [enabled, canvas_text], [c['onoff']], queue=False)
 
     # Options: user edits write the JSON; a changed JSON (paste) writes the controls back.
     for control in controls:
@@ -428,29 +590,37 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
     # Chat
     saved_api_key = (settings.get('api_key') or '', settings.get('server_url') or '')
 
+    # After the chat's own inputs: the code box (the model continues from an edited canvas) and the image size;
+    # after its outputs, the editor state and status (`chat_with_editor`).
+    chat_extra = [canvas_text] + size
+
     def chat(mode):
         def run(*args):
-            yield from chat_stream(mode, *args, models_dir=settings.get('models_dir') or '',
-                                   system_prompt=settings.get('system_prompt') or '', cache=_chat_cache(settings),
-                                   saved_api_key=saved_api_key)
+            args, (canvas, *image_size) = args[:-len(chat_extra)], args[-len(chat_extra):]
+            yield from chat_with_editor(mode, *args, models_dir=settings.get('models_dir') or '',
+                                        system_prompt=settings.get('system_prompt') or '', cache=_chat_cache(settings),
+                                        saved_api_key=saved_api_key, canvas_text=canvas, image_size=image_size)
         return run
 
     chat_inputs = [c['session'], c['message'], c['backend'], c['server_url'], c['server_model'], c['api_key'],
-                   c['local_model'], c['keep_loaded'], c['seed'], c['temperature'], c['top_p'], c['max_new_tokens']]
-    chat_outputs = [c['chatbot'], c['message'], canvas_text, c['chat_status']]
-    c['send'].click(chat('new'), chat_inputs, chat_outputs)
-    c['retry'].click(chat('retry'), chat_inputs, chat_outputs)
+                   c['local_model'], c['keep_loaded'], c['seed'], c['temperature'], c['top_p'], c['max_new_tokens'],
+                   c['gguf_model'], c['gguf_gpu_layers'], c['gguf_threads']]
+    chat_outputs = [c['chatbot'], c['message'], canvas_text, c['chat_status'], state, c['preview_status']]
+    c['send'].click(chat('new'), chat_inputs + chat_extra, chat_outputs)
+    c['retry'].click(chat('retry'), chat_inputs + chat_extra, chat_outputs)
     c['stop'].click(stop_chat, [c['session']], None, queue=False)
     c['edit'].click(edit_last, [c['session']], [c['chatbot'], c['message'], c['chat_status']], queue=False)
-    c['new'].click(new_chat, [c['session']], [c['chatbot'], c['chat_status']], queue=False)
+    c['new'].click(new_chat, [c['session'], c['keep_canvas'], canvas_text], [c['chatbot'], c['chat_status'], canvas_text],
+                   queue=False)
     for button, text in zip(c['examples'], EXAMPLES):
         button.click(lambda t=text: t, None, [c['message']], queue=False)
     c['refresh_models'].click(lambda *args: refresh_models(*args, saved_api_key=saved_api_key),
                               [c['server_url'], c['server_model'], c['api_key']],
                               [c['server_model'], c['chat_status']])
     c['clear_cache'].click(lambda: clear_cache(settings), None, [c['chat_status']], queue=False)
-    c['backend'].change(lambda kind: (gr.update(visible=kind == 'server'), gr.update(visible=kind == 'local')),
-                        [c['backend']], [sg, lg], queue=False)
+    c['backend'].change(lambda kind: tuple(gr.update(visible=kind == k) for k in ('server', 'local', 'gguf'))
+                        + (gr.update(visible=kind != 'server'),), [c['backend']], [sg, lg, gg, c['keep_loaded']],
+                        queue=False)
 
     c['guidance'] = guidance.components
     return OmostUI(

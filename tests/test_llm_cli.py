@@ -1,6 +1,7 @@
 """`python -m lib_omost chat` as a user runs it: stdout is the reply, failures are one line on stderr."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -9,7 +10,7 @@ import pytest
 
 from conftest import FIXTURES, ROOT, read_fixture
 from lib_omost.canvas import load_canvas
-from llm_helpers import LoopbackServer, build_tiny_llama, corpus_texts, free_port, stream_text
+from llm_helpers import LoopbackServer, build_tiny_llama, corpus_texts, free_port, sse_chunk, stream_text
 
 
 def chat_cli(*args, timeout=60):
@@ -31,6 +32,7 @@ def test_streams_writes_the_canvas_and_caches(tmp_path):
         assert load_canvas(written).canvas.to_json() == load_canvas(reply).canvas.to_json()
         again, _ = chat_cli(*args)
         assert (again.returncode, again.stdout, len(srv.requests)) == (0, reply, 1)  # from the cache
+        assert again.stderr == 'note: answered from the response cache (--no-cache asks the model again)\n'
 
 
 def test_refused_port_is_one_line():
@@ -76,3 +78,28 @@ def test_catalogue_model_download_failure_is_one_line(tmp_path):
     assert lines[0].startswith(f'error: Could not download lllyasviel/omost-llama-3-8b into {folder}: ')
     assert lines[0].endswith('. Run it again to resume, or download it by hand (huggingface-cli download '
                              f'lllyasviel/omost-llama-3-8b --local-dir {folder}).')
+
+
+def test_http_500_reason_is_said_once():
+    with LoopbackServer(lambda h, b: h.send_json(500, 'Internal Server Error')) as srv:
+        out, _ = chat_cli('a cat', '--base-url', srv.url, '--no-cache')
+    assert out.returncode == 1 and out.stderr == (f'error: The server at {srv.url}/v1 answered HTTP 500 Internal '
+                                                  'Server Error.\n')
+
+
+def test_ctrl_c_ends_the_reply_line_first():
+    def endless(h, body):
+        h.start_sse()
+        for i in range(400):
+            h.send_event(sse_chunk(f'w{i} '))
+            if h.server.release.wait(0.02):
+                return
+    with LoopbackServer(endless) as srv:
+        proc = subprocess.Popen([sys.executable, '-m', 'lib_omost', 'chat', 'a cat', '--base-url', srv.url,
+                                 '--no-cache'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                                env={**os.environ, 'PYTHONPATH': ROOT})
+        assert proc.stdout.read(6) == b'w0 w1 '  # streaming
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130 and err == b'error: interrupted\n'
+    assert rest.endswith(b'\n') and rest.count(b'\n') == 1  # the reply's line is ended before the error is printed

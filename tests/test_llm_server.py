@@ -1,13 +1,16 @@
 """The server backend against a real loopback OpenAI-compatible HTTP server: streaming, the Omost conversation
 format on the wire, cancel, and every failure as the exact line the user sees, with the history intact."""
 
+import gzip
+import json
 import threading
 import time
+import zlib
 
 import pytest
 
 from conftest import read_fixture
-from lib_omost.llm import (SYSTEM_PROMPT, ChatParams, Conversation, ServerBackend, normalize_base_url,
+from lib_omost.llm import (SYSTEM_PROMPT, ChatError, ChatParams, Conversation, ServerBackend, normalize_base_url,
                            stream_reply)
 from lib_omost.llm.conversation import Turn
 from llm_helpers import LoopbackServer, free_port, sse_chunk, stream_text
@@ -251,3 +254,117 @@ def test_list_models():
         assert srv.requests[0][:2] == ('GET', '/v1/models')
         srv.set_script(lambda h, b: h.send_json(404, {'error': 'not found'}))
         assert ServerBackend(srv.url, '').list_models() == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Found against real servers (transformers serve, llama-cpp-python's server, LiteLLM)
+
+
+def test_list_models_says_what_the_server_said():
+    with LoopbackServer(lambda h, b: h.send_json(401, {'error': {'message': 'Invalid API key', 'code': 401}},
+                                                 reason='Unauthorized')) as srv:
+        with pytest.raises(ChatError) as e:
+            ServerBackend(srv.url, '', api_key='wrong').list_models()
+    assert str(e.value) == (f'The server at {srv.url}/v1 answered HTTP 401 Unauthorized: Invalid API key. '
+                            'Check the API key.')
+    with LoopbackServer(lambda h, b: h.send_json(500, 'Internal Server Error')) as srv:
+        with pytest.raises(ChatError) as e:
+            ServerBackend(srv.url, '').list_models()
+    assert str(e.value) == f'The server at {srv.url}/v1 answered HTTP 500 Internal Server Error.'  # said once
+
+
+def keepalive_script(text_first: bool):
+    def script(h, body):
+        h.start_sse()
+        if text_first:
+            h.send_event(sse_chunk('canvas'))
+        h.send_event({'choices': [{'index': 0, 'delta': {'role': 'assistant'}, 'finish_reason': None}]})
+        for _ in range(100):  # a server busy with another request: keep-alives, never text
+            h.write_chunk(b': ping\n\n')
+            if h.server.release.wait(0.2):
+                return
+    return script
+
+
+@pytest.mark.parametrize('text_first', [False, True])
+def test_keepalives_do_not_extend_the_timeout(text_first):
+    last, conv, url, elapsed = failure(keepalive_script(text_first), read_timeout=1.0)
+    if text_first:
+        assert last.error == f'The server at {url} sent no reply text for 1 s, only keep-alives (timeout).'
+        assert_history_intact(conv, 'canvas')
+    else:
+        assert last.error == (f'The server at {url} sent no reply text within 1 s, only keep-alives (timeout); '
+                              'it may be busy with another request.')
+        assert_history_intact(conv)
+    assert 0.9 < elapsed < 2.5  # pings every 0.2 s would have kept a silence timeout waiting for 20 s
+
+
+def test_the_timeout_counts_between_text_pieces_not_for_the_whole_reply():
+    pieces = [f'w{i} ' for i in range(8)]
+    with LoopbackServer(stream_text(pieces, delay=0.3)) as srv:  # 2.4 s in all, 0.3 s apart
+        last = run(ServerBackend(srv.url, 'm', read_timeout=1.0), Conversation(), 'a cat')[-1]
+    assert (last.text, last.error) == (''.join(pieces), None)
+
+
+@pytest.mark.parametrize('data,message', [
+    ({'message': 'model overloaded'}, 'model overloaded'),
+    ({'detail': 'rate limit reached'}, 'rate limit reached'),
+    ('upstream timed out', 'upstream timed out'),
+    ({'error': {'message': 'context window exceeded'}}, 'context window exceeded'),
+])
+def test_sse_error_event_keeps_the_servers_message(data, message):
+    def script(h, body):
+        h.start_sse()
+        h.send_event(sse_chunk('abc'))
+        payload = data if isinstance(data, str) else json.dumps(data)
+        h.write_chunk(b'event: error\ndata: ' + payload.encode() + b'\n\n')
+        h.end_sse()
+    last, conv, url, _ = failure(script)
+    assert last.error == f'The server at {url} reported an error: {message}'
+    assert_history_intact(conv, 'abc')
+
+
+def start_encoded(h, status, ctype, encoding, data=None):
+    """Headers of a compressed answer; `data` is the whole body, else the body is chunked."""
+    h.send_response(status)
+    h.send_header('Content-Type', ctype)
+    h.send_header('Content-Encoding', encoding)
+    if data is None:
+        h.send_header('Transfer-Encoding', 'chunked')
+    else:
+        h.send_header('Content-Length', str(len(data)))
+    h.end_headers()
+    if data is not None:
+        h.wfile.write(data)
+
+
+def gzip_sse(pieces):
+    def script(h, body):
+        start_encoded(h, 200, 'text/event-stream', 'gzip')
+        z = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+        events = [sse_chunk(p) for p in pieces] + [sse_chunk(None, 'stop'), '[DONE]']
+        for event in events:
+            payload = event if isinstance(event, str) else json.dumps(event)
+            h.write_chunk(z.compress(b'data: ' + payload.encode() + b'\n\n') + z.flush(zlib.Z_SYNC_FLUSH))
+        h.write_chunk(z.flush())
+        h.end_sse()
+    return script
+
+
+def test_a_gzip_stream_is_read_and_identity_is_asked_for():
+    with LoopbackServer(gzip_sse(['canvas ', '= ', 'Canvas()'])) as srv:
+        last = run(ServerBackend(srv.url, 'm'), Conversation(), 'a cat')[-1]
+        assert srv.requests[0][2]['Accept-Encoding'] == 'identity'
+    assert (last.text, last.error, last.finish) == ('canvas = Canvas()', None, 'stop')
+
+
+def test_a_compressed_error_body_and_an_unreadable_encoding_are_told():
+    data = gzip.compress(json.dumps({'error': {'message': 'no such model'}}).encode())
+    last, conv, url, _ = failure(lambda h, b: start_encoded(h, 404, 'application/json', 'gzip', data))
+    assert last.error == (f'The server at {url} answered HTTP 404 Not Found: no such model. '
+                          'Check the base URL and the model name.')
+
+    last, conv, url, _ = failure(lambda h, b: start_encoded(h, 200, 'text/event-stream', 'br', b'\x8b\x02\x80\x00'))
+    assert last.error == (f'The server at {url} sent a br-compressed reply although an uncompressed one was asked '
+                          'for; turn compression off in the server (or the proxy in front of it).')
+    assert_history_intact(conv)

@@ -1,6 +1,7 @@
 """The Omost UI in headless Chromium, built under gradio 4.40 (Forge) and 3.41 (A1111), chatting with a loopback
 OpenAI-compatible server. One app and one page per gradio version; the tests run in file order on that page."""
 
+import copy
 import json
 import os
 
@@ -44,7 +45,8 @@ def page(request, llm, browser):
         pytest.skip(f'no venv with gradio {version} at {PYTHONS[version]}')
     with ui_app(version, llm.url) as url:
         page = browser.new_page(viewport={'width': 1400, 'height': 1000})
-        page.add_init_script(path=os.path.join(ROOT, 'javascript', 'omost.js'))
+        for script in ('omost.js', 'omost_editor.js'):  # the WebUI loads every file in javascript/
+            page.add_init_script(path=os.path.join(ROOT, 'javascript', script))
         page.goto(url)
         page.wait_for_selector(f'{T}input textarea', timeout=WAIT_MS)
         page.gradio_version = version
@@ -81,19 +83,16 @@ def set_canvas(page, text):
     page.keyboard.insert_text(text)
 
 
-def preview_src(page):
-    img = page.locator(f'{T}preview img')
-    return img.first.get_attribute('src') if img.count() else None
+def editor_state(page):
+    """The state the Python side last sent to the region editor (canvas JSON, image size, ack)."""
+    return json.loads(page.evaluate('sel => document.querySelector(sel).value',
+                                    f'{T}editor_state textarea, {T}editor_state input'))
 
 
-def wait_preview_change(page, before):
-    """Wait for a new preview image and for it to load (it loads lazily: scroll it into view)."""
-    page.wait_for_function('([sel, before]) => { const i = document.querySelector(sel); return i && i.src && i.src !== before; }',
-                           arg=[f'{T}preview img', before or ''], timeout=WAIT_MS)
-    img = page.locator(f'{T}preview img').first
-    img.scroll_into_view_if_needed()
-    page.wait_for_function('sel => { const i = document.querySelector(sel); return i.complete && i.naturalWidth > 0; }',
-                           arg=f'{T}preview img', timeout=WAIT_MS)
+def wait_boxes(page, n):
+    """Wait until the region editor draws n region boxes."""
+    page.wait_for_function('([sel, n]) => document.querySelectorAll(sel).length === n',
+                           arg=[f'{T}editor .omost-ed-box', n], timeout=WAIT_MS)
 
 
 def test_enter_sends_and_the_reply_streams_into_chat_canvas_and_preview(page, llm):
@@ -118,7 +117,7 @@ def test_enter_sends_and_the_reply_streams_into_chat_canvas_and_preview(page, ll
     assert len(set(lengths)) >= 5, f'the reply did not stream: chat lengths seen {lengths}'
     assert message.input_value() == ''
     assert PROMPT in page.inner_text(f'{T}chat')
-    wait_preview_change(page, None)
+    wait_boxes(page, len(load_canvas(DRAGON).canvas.local_regions))
     enabled, canvas_text, options_text = script_args(page)
     assert canvas_text.strip() == DRAGON.strip()
     assert json.loads(options_text)['regions'] is True
@@ -140,8 +139,9 @@ def watch_status(page):
 
 
 def wait_reply_done(page):
-    """A reply started ('Waiting for the LLM...') and finished (the token rate) since watch_status()."""
-    page.wait_for_function("""() => { const s = window.omostStatus, i = s.findIndex(t => t.includes('Waiting'));
+    """A reply started (a status without a token rate: 'Waiting for the LLM...', 'N regions so far...'; gradio
+    may show the first one too briefly to be seen) and finished (the token rate) since watch_status()."""
+    page.wait_for_function("""() => { const s = window.omostStatus, i = s.findIndex(t => !t.includes('tokens/s'));
         return i >= 0 && s.slice(i).some(t => t.includes('tokens/s')); }""", timeout=WAIT_MS)
 
 
@@ -202,10 +202,11 @@ def test_server_down_shows_the_error_and_keeps_the_message(page, llm):
     message.fill('')
 
 
-def test_a_pasted_canvas_updates_preview_and_script_args(page):
-    before = preview_src(page)
+def test_a_pasted_canvas_updates_the_editor_and_script_args(page):
     set_canvas(page, DINOSAUR)
-    wait_preview_change(page, before)
+    page.wait_for_function('sel => document.querySelector(sel).innerText.includes("A mighty dinosaur")',
+                           arg=f'{T}editor .omost-ed-list', timeout=WAIT_MS)
+    assert editor_state(page)['canvas'] == load_canvas(DINOSAUR).canvas.to_json()
     status = page.inner_text(f'{T}preview_status')
     assert f'{len(load_canvas(DINOSAUR).canvas.local_regions)} regions' in status
     # a user edit of an option control reaches the options argument
@@ -252,10 +253,9 @@ def test_stop_keeps_the_partial_reply(page, llm):
 def test_pasted_infotext_restores_canvas_as_code_and_the_option_controls(page):
     canvas = load_canvas(DRAGON).canvas
     options = RenderOptions(strength=0.5, sketch=True).to_json()
-    before = preview_src(page)
     box(page, 'txt2img_pasted').fill(json.dumps([True, json.dumps(canvas.to_json()), options]))
     page.click('#txt2img_paste')
-    wait_preview_change(page, before)
+    wait_boxes(page, len(canvas.local_regions))
     open_accordion(page, 'txt2img_omost_options_accordion')
     strength = page.locator(f'{T}opt_strength input[type=number]')
     page.wait_for_function('sel => document.querySelector(sel).value == "0.5"', arg=f'{T}opt_strength input[type=number]',
@@ -267,12 +267,207 @@ def test_pasted_infotext_restores_canvas_as_code_and_the_option_controls(page):
     assert strength.input_value() == '0.5'
 
 
-def test_preview_follows_the_image_size(page):
-    before = preview_src(page)
+def test_the_editor_follows_the_image_size(page):
     height = page.locator('#txt2img_height input[type=number]')
     height.fill('512')
     height.press('Tab')
-    wait_preview_change(page, before)
-    size = page.evaluate('sel => { const i = document.querySelector(sel); return [i.naturalWidth, i.naturalHeight]; }',
-                         f'{T}preview img')
-    assert size == [384, 192]
+    page.wait_for_function('sel => { const r = document.querySelector(sel).getBoundingClientRect();'
+                           ' return Math.abs(r.width / r.height - 2) < 0.02; }', arg=f'{T}editor .omost-ed-stage',
+                           timeout=WAIT_MS)
+    assert (editor_state(page)['width'], editor_state(page)['height']) == (1024, 512)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The region editor: every edit checked against the Canvas code the Python side writes for the same canvas
+
+
+def test_the_javascript_geometry_agrees_with_lib_omost_on_every_box(browser):
+    from lib_omost import layout
+    from lib_omost.canvas import AREAS, LOCATIONS, OFFSETS
+    from lib_omost.colors import HTML_COLORS
+    page = browser.new_page()
+    page.add_script_tag(path=os.path.join(ROOT, 'javascript', 'omost_editor.js'))
+    js = page.evaluate('() => ({locations: omostEditor.locations, offsets: omostEditor.offsets,'
+                       ' areas: omostEditor.areas, colors: omostEditor.colors, boxes: omostEditor.boxes})')
+    assert [[n, *xy] for n, xy in LOCATIONS.items()] == js['locations']
+    assert [[n, *xy] for n, xy in OFFSETS.items()] == js['offsets']
+    assert [[n, *wh] for n, wh in AREAS.items()] == js['areas']
+    assert {k: list(v) for k, v in HTML_COLORS.items()} == js['colors']
+    assert [[loc, off, area, list(rect)] for loc, off, area, rect in layout.boxes()] == js['boxes']
+    rects = [rect for *_, rect in layout.boxes()]
+    drawn = rects + [(t + 2.7, b - 1.3, l - 3.1, r + 4.9) for t, b, l, r in rects[::7]] + \
+        [(t + 5, b + 5, l + 5, r + 5) for t, b, l, r in rects[::5]]  # exact ties between neighbours too
+    for width, height in [(1024, 1024), (1344, 768), (768, 1344), (1536, 640), (640, 1536)]:
+        got = page.evaluate('([rects, w, h]) => rects.map(r => omostEditor.snapResize(r, w, h))',
+                            [[list(r) for r in drawn], width, height])
+        assert got == [list(layout.snap_resize(r, width, height)) for r in drawn], (width, height)
+    points = [(x / 2, y / 3) for x in range(-20, 200, 3) for y in range(-30, 300, 7)]
+    assert page.evaluate('ps => ps.map(p => omostEditor.snapMove(p[0], p[1]))', points) == \
+        [list(layout.snap_move(*p)) for p in points]
+    steps = [(loc, off, dx, dy) for loc in LOCATIONS for off in OFFSETS for dx in (-1, 0, 1) for dy in (-1, 1)]
+    assert page.evaluate('ss => ss.map(s => omostEditor.nudge(s[0], s[1], s[2], s[3]))', steps) == \
+        [list(layout.nudge(*s)) for s in steps]
+    assert page.evaluate('() => omostEditor.phrase("on the left", "slightly to the upper", "a large vertical area")') \
+        == layout.phrase('on the left', 'slightly to the upper', 'a large vertical area')
+    page.close()
+
+
+def wait_code(page, canvas_json, timeout=WAIT_MS / 1000):
+    """Wait until the script's canvas argument is exactly the code lib_omost writes for `canvas_json` (but for
+    the final newline, which gr.Code drops)."""
+    import time
+    expected = load_canvas(canvas_json).canvas.to_code().rstrip('\n')
+    deadline = time.monotonic() + timeout
+    while True:
+        page.click('#txt2img_echo')
+        page.wait_for_timeout(150)
+        value = box(page, 'txt2img_echoed').input_value()
+        code = json.loads(value)[1].rstrip('\n') if value else None
+        if code == expected:
+            return code
+        if time.monotonic() > deadline:
+            assert code == expected  # shows the difference
+        page.wait_for_timeout(150)
+
+
+def stage_box(page):
+    return page.locator(f'{T}editor .omost-ed-stage').bounding_box()
+
+
+def region_box(page, i, part=''):
+    """Viewport coordinates of region i's box (or of a part of it, e.g. a resize handle), scrolled into view."""
+    page.locator(f'{T}editor .omost-ed-stage').scroll_into_view_if_needed()
+    return page.locator(f'{T}editor .omost-ed-box[data-index="{i}"] {part}'.strip()).bounding_box()
+
+
+def drag(page, start, delta, check_phrase=None):
+    page.mouse.move(*start)
+    page.mouse.down()
+    for k in range(1, 6):
+        page.mouse.move(start[0] + delta[0] * k / 5, start[1] + delta[1] * k / 5)
+    if check_phrase is not None:  # the snapped phrase follows the pointer, before the release
+        assert page.inner_text(f'{T}editor .omost-ed-phrase') == 'Snaps to: ' + check_phrase
+    page.mouse.up()
+
+
+def test_drag_resize_nudge_reorder_recolour_add_delete_undo_redo(page):
+    from lib_omost import layout
+    from lib_omost.canvas import omost_rect
+    state = editor_state(page)
+    width, height = state['width'], state['height']
+    model = copy.deepcopy(state['canvas'])
+    regions = model['regions']
+    n = len(regions)
+    assert n == 4 and load_canvas(model).canvas == load_canvas(DRAGON).canvas
+    stage = stage_box(page)
+    px = stage['width'] / 90  # CSS pixels per grid unit across (the stage has the image's aspect ratio)
+    py = stage['height'] / 90
+    i = n - 1  # the nearest region: drawn on top, so a click in it is a click on it
+
+    # drag to move: +20 grid units right, -10 up; the area stays, the centre snaps to the 9 x 9 grid
+    r = region_box(page, i)
+    start = (r['x'] + r['width'] / 2, r['y'] + r['height'] / 2)
+    cx, cy = layout.centre(regions[i]['location'], regions[i]['offset'])
+    loc, off = layout.snap_move(cx + 20, cy - 10)
+    assert (loc, off) != (regions[i]['location'], regions[i]['offset'])
+    drag(page, start, (20 * px, -10 * py), check_phrase=layout.phrase(loc, off, regions[i]['area']))
+    regions[i].update(location=loc, offset=off)
+    wait_code(page, model)
+
+    # drag the bottom-right corner to resize: the box snaps to the nearest of the 729 (in pixels of this image)
+    handle = region_box(page, i, '.omost-ed-handle-se')
+    top, bottom, left, right = omost_rect(regions[i]['location'], regions[i]['offset'], regions[i]['area'])
+    d = (-22, -14)
+    raw = (top, max(top + 1, min(90, bottom + d[1])), left, max(left + 1, min(90, right + d[0])))
+    snapped = layout.snap_resize(raw, width, height)
+    for jitter in (-0.6, 0.6):  # the outcome must not hang on sub-pixel rounding of the pointer
+        assert layout.snap_resize((raw[0], raw[1] + jitter, raw[2], raw[3] + jitter), width, height) == snapped
+    drag(page, (handle['x'] + handle['width'] / 2, handle['y'] + handle['height'] / 2), (d[0] * px, d[1] * py),
+         check_phrase=layout.phrase(*snapped))
+    regions[i].update(location=snapped[0], offset=snapped[1], area=snapped[2])
+    wait_code(page, model)
+
+    # the keyboard: an arrow key nudges by one grid step
+    page.focus(f'{T}editor .omost-ed-stage')
+    page.keyboard.press('ArrowUp')
+    loc, off = layout.nudge(regions[i]['location'], regions[i]['offset'], 0, -1)
+    regions[i].update(location=loc, offset=off)
+    wait_code(page, model)
+
+    # send back one place: it swaps order and distance_to_viewer with the region behind it
+    page.click(f'{T}editor .omost-ed-back')
+    regions[i]['distance_to_viewer'], regions[i - 1]['distance_to_viewer'] = \
+        regions[i - 1]['distance_to_viewer'], regions[i]['distance_to_viewer']
+    regions[i], regions[i - 1] = regions[i - 1], regions[i]
+    wait_code(page, model)
+    i -= 1  # the selection follows the region
+
+    # recolour from the swatch list, and a new description from the form
+    page.select_option(f'{T}editor select[data-field="HTML_web_color_name"]', 'crimson')
+    regions[i]['HTML_web_color_name'] = 'crimson'
+    wait_code(page, model)
+    field = page.locator(f'{T}editor input[data-field="description"]')
+    field.fill('A huge red dragon.')
+    field.press('Tab')
+    regions[i]['description'] = 'A huge red dragon.'
+    wait_code(page, model)
+
+    # add a region (nearest to the viewer), then delete it with the keyboard
+    page.click(f'{T}editor .omost-ed-add')
+    nearest = min(r['distance_to_viewer'] for r in regions)
+    added = dict(location='in the center', offset='no offset', area='a small square area',
+                 distance_to_viewer=nearest - 1 if nearest > 1 else nearest / 2, description='A new region.',
+                 detailed_descriptions=[], tags='', atmosphere='', style='', quality_meta='',
+                 HTML_web_color_name='gold')
+    with_added = copy.deepcopy(model)
+    with_added['regions'].append(added)
+    wait_code(page, with_added)
+    page.focus(f'{T}editor .omost-ed-stage')
+    page.keyboard.press('Delete')
+    wait_code(page, model)
+
+    # undo brings the added region back, redo deletes it again (the Echo button took the focus: give it back)
+    page.focus(f'{T}editor .omost-ed-stage')
+    page.keyboard.press('Control+z')
+    wait_code(page, with_added)
+    page.focus(f'{T}editor .omost-ed-stage')
+    page.keyboard.press('Control+y')
+    wait_code(page, model)
+    page.edited_model = model  # for the next test
+
+
+def test_the_next_llm_request_carries_the_edited_canvas(page, llm):
+    model = page.edited_model
+    message = box(page, 'txt2img_omost_input')
+    message.fill('make the dragon bigger')
+    watch_status(page)
+    message.press('Enter')
+    wait_reply_done(page)
+    assert 'Continuing from your edited canvas' in page.inner_text(f'{T}chat_status')
+    assert 'continues from your edited canvas' in page.inner_text(f'{T}chat')
+    sent = chat_bodies(llm)[-1]['messages']
+    assert sent[-1] == {'role': 'user', 'content': 'make the dragon bigger'}
+    assert sent[-2]['role'] == 'assistant'
+    assert load_canvas(sent[-2]['content']).canvas == load_canvas(model).canvas  # what the user made
+
+
+def test_the_live_preview_shows_regions_before_the_reply_ends(page, llm):
+    llm.httpd.script.delay = 0.25  # 40 pieces: 10 s
+    try:
+        page.click(f'{T}new')
+        wait_boxes(page, 0)
+        message = box(page, 'txt2img_omost_input')
+        message.fill(PROMPT)
+        message.press('Enter')
+        wait_boxes(page, 2)  # region 2 drawn...
+        last_description = [line for line in DRAGON.splitlines() if line.startswith('description=')][-1]
+        assert last_description not in page.inner_text(f'{T}chat')  # ...while the reply is still being written
+        assert 'tokens/s' not in page.inner_text(f'{T}chat_status')
+        assert 'regions so far' in page.inner_text(f'{T}chat_status')
+        labels = page.inner_text(f'{T}editor .omost-ed-list')
+        assert 'A group of fierce warriors' in labels and 'A mighty dragon' in labels
+        wait_boxes(page, 4)
+        page.wait_for_function('sel => document.querySelector(sel).innerText.includes("tokens/s")',
+                               arg=f'{T}chat_status', timeout=WAIT_MS)
+    finally:
+        llm.httpd.script.delay = 0.02

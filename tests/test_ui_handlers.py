@@ -57,35 +57,36 @@ def test_build_is_reentrant_and_defaults_are_the_render_defaults():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Preview
+# Canvas <-> region editor
 
 
-def test_preview_of_code_counts_regions_and_keeps_the_text():
-    image, status, text = ui.render_preview(DRAGON)
-    assert image.size == (ui.PREVIEW_SIDE, ui.PREVIEW_SIDE)
+def state_of(text, width=1024, height=1024, session=None):
+    state, status, new_text = ui.canvas_changed(session or ui.ChatSession(), text, width, height)
+    return json.loads(state), status, new_text
+
+
+def test_the_editor_state_is_the_canvas_json_with_the_image_size():
+    state, status, text = state_of(DRAGON, 1024, 512)
+    assert state['canvas'] == load_canvas(DRAGON).canvas.to_json() and state['error'] is None
+    assert (state['width'], state['height'], state['ack'], state['live']) == (1024, 512, 0, False)
     assert f'{len(load_canvas(DRAGON).canvas.local_regions)} regions' in status
     assert is_noop(text)
+    assert state_of(DRAGON, None, 0)[0]['height'] == 1024
 
 
-def test_preview_has_the_image_aspect_ratio():
-    image, status, text = ui.render_preview(DRAGON, 1024, 512)
-    assert image.size == (ui.PREVIEW_SIDE, ui.PREVIEW_SIDE // 2)
-    assert ui.render_preview(DRAGON, None, 0)[0].size == (ui.PREVIEW_SIDE, ui.PREVIEW_SIDE)
-
-
-def test_pasted_canvas_json_and_replies_become_code():
+def test_pasted_canvas_json_infotext_and_replies_become_code():
+    from lib_omost.canvas import canvas_to_infotext
     canvas = load_canvas(DRAGON).canvas
-    for pasted in (json.dumps(canvas.to_json()), canvas_reply(DRAGON)):
-        image, status, text = ui.render_preview(pasted)
-        assert image is not None and 'error' not in status
+    for pasted in (json.dumps(canvas.to_json()), canvas_reply(DRAGON), canvas_to_infotext(canvas)):
+        state, status, text = state_of(pasted)
+        assert state['canvas'] is not None and 'error' not in status
         assert load_canvas(text['value']).canvas == canvas
-        assert text['value'].startswith('canvas = Canvas()')
+        assert text['value'].startswith('# Initialize the canvas\ncanvas = Canvas()')
 
 
 def test_comfyui_json_has_no_code_form_and_stays_json():
-    pasted = read_fixture('comfyui_omost_conditioning.json')
-    image, status, text = ui.render_preview(pasted)
-    assert image is not None and is_noop(text)
+    state, status, text = state_of(read_fixture('comfyui_omost_conditioning.json'))
+    assert state['canvas']['regions'] and 'location' not in state['canvas']['regions'][0] and is_noop(text)
 
 
 @pytest.mark.parametrize('bad', ["canvas = Canvas()\ncanvas.set_global_description(description=f'{x}')\n",
@@ -93,15 +94,52 @@ def test_comfyui_json_has_no_code_form_and_stays_json():
 def test_bad_canvas_shows_the_parse_error_escaped(bad):
     with pytest.raises(CanvasError) as expected:
         load_canvas(bad)
-    image, status, text = ui.render_preview(bad)
-    assert image is None and is_noop(text)
+    state, status, text = state_of(bad)
+    assert state['canvas'] is None and state['error'] == str(expected.value) and is_noop(text)
     assert 'omost-error' in status
     assert html.escape(str(expected.value)) in status
 
 
 def test_empty_canvas_is_a_hint_not_an_error():
-    image, status, text = ui.render_preview('  \n')
-    assert image is None and 'omost-error' not in status and status
+    state, status, text = state_of('  \n')
+    assert state['canvas'] is None and state['error'] is None and 'omost-error' not in status and status
+
+
+def edit(seq, canvas):
+    return json.dumps({'seq': seq, 'canvas': canvas})
+
+
+def test_an_editor_edit_rewrites_the_code_in_the_llm_format():
+    session = ui.ChatSession()
+    data = load_canvas(DRAGON).canvas.to_json()
+    data['regions'][0].update(location='on the right', offset='slightly to the lower', area='a small square area')
+    code, state, status = ui.apply_editor_edit(session, edit(1, data), DRAGON, 1024, 1024)
+    moved = load_canvas(code).canvas
+    assert code == moved.to_code() and code.startswith('# Initialize the canvas\n')
+    assert (moved.local_regions[0].location, moved.local_regions[0].offset) == ('on the right', 'slightly to the lower')
+    assert json.loads(state)['ack'] == 1 and json.loads(state)['canvas'] == moved.to_json()
+    # the code box's own change then yields the very same state: the editor sees nothing new
+    assert ui.canvas_changed(session, code, 1024, 1024)[0] == state
+    # an older edit arriving late is ignored
+    assert all(is_noop(u) for u in ui.apply_editor_edit(session, edit(1, load_canvas(DRAGON).canvas.to_json()),
+                                                         code, 1024, 1024))
+
+
+def test_an_invalid_edit_keeps_the_code_and_says_why():
+    session = ui.ChatSession()
+    data = load_canvas(DRAGON).canvas.to_json()
+    data['regions'][0]['distance_to_viewer'] = -1
+    code, state, status = ui.apply_editor_edit(session, edit(3, data), DRAGON, 1024, 1024)
+    assert is_noop(code) and 'Edit not applied' in status and 'distance_to_viewer' in status
+    assert json.loads(state)['ack'] == 3 and json.loads(state)['canvas'] == load_canvas(DRAGON).canvas.to_json()
+    assert all(is_noop(u) for u in ui.apply_editor_edit(session, 'not json', DRAGON, 1024, 1024))
+
+
+def test_the_on_off_line_warns_when_a_canvas_would_be_ignored():
+    assert 'ON' in ui.enabled_html(True, DRAGON) and 'omost-ok' in ui.enabled_html(True, DRAGON)
+    off = ui.enabled_html(False, DRAGON)
+    assert 'OFF' in off and 'ignores this canvas' in off and 'omost-warning' in off
+    assert 'omost-warning' not in ui.enabled_html(False, '')
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -146,11 +184,13 @@ def test_bad_pasted_options_leave_the_controls_and_say_why():
 REPLY = canvas_reply(DRAGON)
 
 
-def run_chat(mode, session, message, url, cache=None, saved_api_key=('', ''), **kw):
+def run_chat(mode, session, message, url, cache=None, saved_api_key=('', ''), canvas_text=None, live_preview=True,
+             **kw):
     args = dict(kind='server', server_url=url, server_model='', api_key='', local_model='', keep_loaded=True,
                 seed=1, temperature=0.6, top_p=0.9, max_new_tokens=4096)
     args.update(kw)
-    return list(ui.chat_stream(mode, session, message, *args.values(), cache=cache, saved_api_key=saved_api_key))
+    return list(ui.chat_stream(mode, session, message, *args.values(), cache=cache, saved_api_key=saved_api_key,
+                               canvas_text=canvas_text, live_preview=live_preview))
 
 
 @pytest.fixture(scope='module')
@@ -182,7 +222,59 @@ def test_retry_edit_and_new_chat(llm):
     steps = run_chat('new', session, 'first, edited', llm.url)  # Send while editing replaces the last turn
     assert steps[-1][0] == [('first, edited', REPLY)] and not session.editing
     assert chat_bodies(llm)[-1]['messages'][-1] == {'role': 'user', 'content': 'first, edited'}
-    assert ui.new_chat(session)[0] == [] and session.conversation.history == []
+    chat, status, canvas = ui.new_chat(session)
+    assert chat == [] and session.conversation.history == [] and canvas == ''  # the canvas goes too...
+
+
+def test_new_chat_keeps_the_canvas_when_asked_and_continues_from_it(llm):
+    session = ui.ChatSession()
+    run_chat('new', session, 'first', llm.url)
+    chat, status, canvas = ui.new_chat(session, True, DINOSAUR)  # ...unless the user asks to keep it
+    assert is_noop(canvas) and 'kept canvas' in status
+    (user, kept), = chat
+    assert load_canvas(kept).canvas == load_canvas(DINOSAUR).canvas
+    run_chat('new', session, 'make it night', llm.url, canvas_text=DINOSAUR)
+    sent = chat_bodies(llm)[-1]['messages']
+    assert [m['role'] for m in sent] == ['system', 'user', 'assistant', 'user']
+    assert load_canvas(sent[2]['content']).canvas == load_canvas(DINOSAUR).canvas
+    assert sent[3] == {'role': 'user', 'content': 'make it night'}
+
+
+def test_the_next_request_carries_the_edited_canvas(llm):
+    session = ui.ChatSession()
+    run_chat('new', session, 'a dragon battle', llm.url, canvas_text='')
+    data = load_canvas(DRAGON).canvas.to_json()
+    data['regions'][-1]['area'] = 'a small square area'
+    edited = ui.apply_editor_edit(session, edit(1, data), DRAGON)[0]
+    steps = run_chat('new', session, 'make the dragon bigger', llm.url, canvas_text=edited)
+    sent = chat_bodies(llm)[-1]['messages']
+    assert [m['role'] for m in sent] == ['system', 'user', 'assistant', 'user']
+    assert sent[2]['content'].startswith('Sure. Here is the canvas:\n\n```python\n# Initialize the canvas')
+    assert extract_code(sent[2]['content']).strip() == edited.strip()  # the model edits what the user made
+    assert 'Continuing from your edited canvas' in steps[0][3] and 'Continuing from your edited canvas' in steps[-1][3]
+    assert 'continues from your edited canvas' in steps[-1][0][0][1]  # and the chat shows it
+    assert session.conversation.turns[0].assistant == REPLY  # the reply itself is kept as the model wrote it
+    # an unchanged canvas (or its reformatted code) is not an edit
+    run_chat('new', session, 'again', llm.url, canvas_text=load_canvas(REPLY).canvas.to_code())
+    assert 'Continuing' not in run_chat('new', session, 'and again', llm.url, canvas_text=extract_code(REPLY))[-1][3]
+    assert chat_bodies(llm)[-1]['messages'][4]['content'] == REPLY
+
+
+def test_the_status_counts_tokens_not_stream_chunks(llm):
+    chat, box, canvas, status = run_chat('new', ui.ChatSession(), 'a dragon battle', llm.url)[-1]
+    assert f'about {round(len(REPLY) / 4)} tokens' in status  # 8 chunks were streamed
+
+
+def test_the_canvas_follows_a_streaming_reply():
+    with canvas_server(REPLY, chunks=60, delay=0.02) as slow:
+        steps = run_chat('new', ui.ChatSession(), 'dragon', slow.url, canvas_text='')
+        off = run_chat('new', ui.ChatSession(), 'dragon', slow.url, canvas_text='', live_preview=False)
+    assert not any(isinstance(canvas, str) for chat, box, canvas, status in off[:-1])
+    live = [(canvas, status) for chat, box, canvas, status in steps[1:-1] if isinstance(canvas, str)]
+    counts = [len(load_canvas(canvas).canvas.local_regions) for canvas, _ in live]
+    assert counts == sorted(counts) and counts[0] < 4 and len(set(counts)) >= 3, counts
+    assert any('regions so far' in status for _, status in live if isinstance(status, str))
+    assert steps[-1][2] == extract_code(REPLY)
 
 
 def test_server_down_keeps_the_message_and_the_conversation():
@@ -304,3 +396,12 @@ def test_the_saved_key_never_goes_to_another_url(llm):
     assert last_auth() is None
     ui.refresh_models(llm.url, '', '', saved_api_key=elsewhere)
     assert last_auth() is None
+
+
+def test_model_refresh_with_a_wrong_key_says_so():
+    from llm_helpers import LoopbackServer
+    with LoopbackServer(lambda h, b: h.send_json(401, {'error': {'message': 'Invalid API key'}},
+                                                 reason='Unauthorized')) as srv:
+        dropdown, status = ui.refresh_models(srv.url, 'm', 'wrong-key')
+    assert is_noop(dropdown) and 'omost-error' in status and '0 model' not in status
+    assert html.unescape(status).endswith('answered HTTP 401 Unauthorized: Invalid API key. Check the API key.</div>')

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from webui_helpers import DRAGON, SMALL, A1111Model, Rig, check_step_window, forward_attributes, images_equal, omost, tiny_ldm_unet
+from webui_helpers import DRAGON, SMALL, A1111Model, NoCrossAttentionUNet, Rig, check_refiner_switch, check_step_window, forward_attributes, images_equal, omost, tiny_ldm_unet
 
 
 @pytest.fixture(scope='module')
@@ -63,18 +63,35 @@ def test_step_window_counts_the_denoiser_calls_not_the_reported_step(rig):
     check_step_window(rig)
 
 
+def test_refiner_switch_inside_the_pass_keeps_the_regions(rig):
+    check_refiner_switch(rig, A1111Model(tiny_ldm_unet(seed=3)), A1111Model(NoCrossAttentionUNet()))
+
+
+def test_plans_live_for_the_job_only(rig):
+    p, _ = rig.generate(omost(DRAGON), steps=2)
+    assert Rig.steps[1]['plan_bytes'] > 0  # built in step 1, reused in step 2
+    job = p._omost_job
+    assert job.regional.plan_bytes == 0 and not job.regional._masks  # freed when the job ended
+
+
 def test_infotext_records_canvas_and_options_and_pastes_back(rig):
     from lib_omost.canvas import load_canvas
     from modules import infotext_utils, script_callbacks
     _, res = rig.generate(omost(strength=0.8, end=0.9))
     params = infotext_utils.parse_generation_parameters(res.infotexts[0])
-    assert params['Omost'] == 'True'
+    n = len(load_canvas(SMALL).canvas.local_regions)
+    assert params['Omost'] == f'{n} regions, strength 0.8'  # a readable summary; the canvas is compressed
+    assert f'Omost: "{n} regions, strength 0.8"' in res.infotexts[0] and 'Omost canvas: omz1.' in res.infotexts[0]
     assert json.loads(params['Omost options'])['strength'] == 0.8
-    canvas_json = json.loads(params['Omost canvas'])
+    canvas_json = load_canvas(params['Omost canvas']).canvas.to_json()
     assert canvas_json == load_canvas(SMALL).canvas.to_json()
     script_callbacks.infotext_pasted_callback(res.infotexts[0], params)
-    assert params['Omost canvas'].lstrip().startswith('canvas = Canvas()')  # editable code again
+    assert params['Omost'] == 'True'
+    assert params['Omost canvas'].lstrip().startswith('# Initialize the canvas\ncanvas = Canvas()')  # editable code
     assert load_canvas(params['Omost canvas']).canvas.to_json() == canvas_json
+    old_form = {'Omost': 'True', 'Omost canvas': json.dumps(canvas_json), 'Steps': '3'}  # written before omz1
+    script_callbacks.infotext_pasted_callback('', old_form)
+    assert old_form['Omost'] == 'True' and load_canvas(old_form['Omost canvas']).canvas.to_json() == canvas_json
     plain = infotext_utils.parse_generation_parameters('cat\nSteps: 3, Seed: 1, Size: 64x64')
     script_callbacks.infotext_pasted_callback('', plain)
     assert plain['Omost'] == 'False'  # pasting an image made without Omost turns it off
@@ -203,7 +220,7 @@ def test_api_canvas_forms(rig, form):
     expected = load_canvas(SMALL).canvas.to_json()
     canvas = {'code': SMALL, 'reply': REPLY, 'json_text': json.dumps(expected), 'json_object': expected}[form]
     p, res = rig.generate([True, canvas, {'strength': 0.5}])
-    assert json.loads(p.extra_generation_params['Omost canvas']) == expected
+    assert load_canvas(p.extra_generation_params['Omost canvas']).canvas.to_json() == expected
     assert json.loads(p.extra_generation_params['Omost options'])['strength'] == 0.5
     assert len(res.images) == 1 and Rig.steps[0]['hooked'] == 7
 

@@ -1,4 +1,5 @@
-"""`python -m lib_omost chat "PROMPT" (--base-url URL --model NAME | --local PATH)`: stream one reply to stdout.
+"""`python -m lib_omost chat "PROMPT" (--base-url URL --model NAME | --local PATH | --gguf FILE)`: stream one reply
+to stdout.
 
 Exit 0 when a complete reply arrived (and, with -o, its canvas was written); otherwise a one-line message on
 stderr and exit 1 (3 when the reply has no usable canvas for -o).
@@ -21,6 +22,10 @@ def default_cache_dir() -> str:
 
 
 def make_backend(args):
+    if getattr(args, 'gguf', None):
+        from lib_omost.llm.gguf import GGUFBackend
+        return GGUFBackend(args.gguf, getattr(args, 'models_dir', None), keep_loaded=False,
+                           n_gpu_layers=getattr(args, 'n_gpu_layers', None), threads=getattr(args, 'threads', None))
     if getattr(args, 'local', None):
         from lib_omost.llm.local import LocalBackend
         return LocalBackend(args.local, getattr(args, 'models_dir', None), keep_loaded=False)
@@ -69,6 +74,9 @@ def cli_chat(args) -> int:
     except KeyboardInterrupt:
         stop.set()
         updates.close()  # closes the HTTP stream / ends generate() at the next token
+        if shown and not shown.endswith('\n'):
+            sys.stdout.write('\n')  # "error: interrupted" starts its own line, not the reply's
+            sys.stdout.flush()
         raise
     if shown and not shown.endswith('\n'):
         sys.stdout.write('\n')
@@ -78,6 +86,8 @@ def cli_chat(args) -> int:
     if last.partial:
         print(f'error: {last.notice}', file=sys.stderr)
         return 1
+    if last.cached:
+        print('note: answered from the response cache (--no-cache asks the model again)', file=sys.stderr)
     if last.notice:
         print(f'note: {last.notice}', file=sys.stderr)
     return write_canvas(last.text, args.output) if args.output else 0

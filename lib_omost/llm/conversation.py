@@ -58,7 +58,8 @@ class ChatUpdate:
     partial: bool = False          # the reply was cut (stop, error, max tokens); it is kept in the conversation
     cached: bool = False           # served from the response cache
     notice: str | None = None      # context-budget warning, "answered without Canvas code", download progress...
-    tokens: int = 0                # reply tokens so far (exact for the local backend, chunks for servers)
+    tokens: int = 0                # reply tokens so far: exact (local backend, server usage) or estimated
+    tokens_exact: bool = False     # False: `tokens` is estimated from the characters (a server without usage)
     tokens_per_s: float = 0.0
     prompt_tokens: int = 0         # the conversation's size in tokens (estimated for servers)
     finish: str = ''               # on done: 'stop', 'length', 'cancelled', 'error', 'cached'
@@ -70,6 +71,14 @@ class Turn:
     user: str
     assistant: str = ''
     partial: bool = False  # the reply was cut; kept and marked, still sent back to the model like Omost does
+    edited_canvas: str | None = None  # the user edited this reply's canvas: sent back with this code instead
+
+    def sent_reply(self) -> str:
+        """The assistant's side as the model sees it next time: its reply, with the user's edited canvas."""
+        if not self.edited_canvas:
+            return self.assistant
+        from lib_omost.canvas import replace_code
+        return replace_code(self.assistant, self.edited_canvas)
 
     def __iter__(self):
         return iter((self.user, self.assistant))
@@ -79,6 +88,7 @@ class Turn:
 
 
 PARTIAL_MARK = '\n\n*(reply cut off)*'
+EDITED_MARK = '\n\n*(canvas edited by you: the next message continues from your edited canvas)*'
 _CLOSE_FENCE = '\n```'  # a reply cut inside its code block: close the block so the mark is not shown as code
 
 
@@ -87,7 +97,9 @@ def _marked(reply: str) -> str:
 
 
 def _unmarked(shown: str) -> tuple:
-    """(reply, partial) from a chat text that may carry our mark."""
+    """(reply, partial) from a chat text that may carry our marks."""
+    if shown.endswith(EDITED_MARK):
+        shown = shown[:-len(EDITED_MARK)]
     if not shown.endswith(PARTIAL_MARK):
         return shown, False
     reply = shown[:-len(PARTIAL_MARK)]
@@ -117,8 +129,9 @@ class Conversation:
         return [(t.user, t.assistant) for t in self.turns]
 
     def display_history(self) -> list:
-        """Like `history`, with cut-off replies marked (`from_history` strips the mark again)."""
-        return [(t.user, _marked(t.assistant) if t.partial and t.assistant else t.assistant) for t in self.turns]
+        """Like `history`, with cut-off and edited replies marked (`from_history` strips the marks again)."""
+        return [(t.user, (_marked(t.assistant) if t.partial and t.assistant else t.assistant)
+                 + (EDITED_MARK if t.edited_canvas and t.assistant else '')) for t in self.turns]
 
     def messages(self, system_prompt: str | None = None, upto: int | None = None) -> list:
         """OpenAI-style messages for turns[:upto] plus turn `upto`'s user message (Omost's chat_fn format)."""
@@ -126,7 +139,7 @@ class Conversation:
         out = [{'role': 'system', 'content': SYSTEM_PROMPT if system_prompt is None else system_prompt}]
         for t in turns[:-1]:
             if t.user and t.assistant:  # Omost drops pairs with an empty side (failed or image-only turns)
-                out += [{'role': 'user', 'content': t.user}, {'role': 'assistant', 'content': t.assistant}]
+                out += [{'role': 'user', 'content': t.user}, {'role': 'assistant', 'content': t.sent_reply()}]
         if turns:
             out.append({'role': 'user', 'content': turns[-1].user})
         return out

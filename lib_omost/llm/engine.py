@@ -35,6 +35,12 @@ def _one_line(text: str) -> str:
     return line[:1000]
 
 
+def estimate_tokens(text: str) -> int:
+    """Reply tokens from characters when the backend gives no count: ~4 characters per token for English and
+    code, the same rule as the server backend's prompt estimate)."""
+    return max(1, round(len(text) / 4)) if text else 0
+
+
 def _rate(tokens: int, started) -> float:
     elapsed = time.perf_counter() - started if started is not None else 0.0
     return tokens / elapsed if elapsed > 0 else 0.0
@@ -139,16 +145,19 @@ def stream_reply(backend, conv: Conversation, message: str, params: ChatParams |
                     continue
                 update.text += value
                 turn.assistant = update.text
-                if not exact_tokens:
-                    update.tokens += 1
+                if not exact_tokens:  # a server chunk may hold many tokens: estimate from the characters
+                    update.tokens = estimate_tokens(update.text)
             elif kind == 'tokens':
-                exact_tokens = True
+                exact_tokens = update.tokens_exact = True
                 update.tokens = value
                 continue
             elif kind == 'notice':
                 update.notice = value
             elif kind == 'usage':
                 update.prompt_tokens = value.get('prompt_tokens') or update.prompt_tokens
+                if isinstance(value.get('completion_tokens'), int) and value['completion_tokens'] > 0:
+                    exact_tokens = update.tokens_exact = True  # the server's own count of the reply
+                    update.tokens = value['completion_tokens']
                 continue
             elif kind == 'finish':
                 reason = value

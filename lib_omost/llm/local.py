@@ -1,6 +1,6 @@
 """In-process transformers backend, the way Omost's `chat_fn` runs it: the tokenizer's chat template,
-`generate()` in a thread feeding a `TextIteratorStreamer`, a stopping criterion watching the stop event, and
-`torch.manual_seed(seed)` before sampling (temperature 0 = greedy).
+`generate()` in a thread feeding a token streamer (`lib_omost.llm.inprocess`), a stopping criterion watching the
+stop event, and `torch.manual_seed(seed)` before sampling (temperature 0 = greedy).
 
 Versions are checked from the model's config files before anything is loaded: an old transformers would load
 Llama-3 and silently produce garbage (4.30.2 ignores `rope_theta`), and bitsandbytes is only touched (by
@@ -9,16 +9,14 @@ transformers) for the quantised checkpoints, after checking that it can work her
 
 from __future__ import annotations
 
-import gc
 import importlib.metadata
 import importlib.util
 import json
 import os
-import queue
 import re
-import threading
 
-from lib_omost.llm.conversation import BUDGET_FULL, CONTEXT_TOKENS, ChatError, ChatParams
+from lib_omost.llm.conversation import CONTEXT_TOKENS, ChatError, ChatParams
+from lib_omost.llm.inprocess import IncrementalDecoder, InProcessBackend
 from lib_omost.llm.models import catalogue_entry, download_model, is_complete
 
 ALTERNATIVES = ('Alternatives: run the model on an OpenAI-compatible server (llama.cpp `llama-server` or Ollama '
@@ -102,92 +100,18 @@ def _pick_device(device: str) -> str:
     return 'mps' if mps is not None and mps.is_available() else 'cpu'
 
 
-class _StopOnEvent:
-    """Stopping criterion (checked after every token): ends generate() once `stop` (or our own abort) is set."""
-
-    def __init__(self, stop: threading.Event, abort: threading.Event):
-        self.stop, self.abort = stop, abort
-        self.cancelled = False
-
-    def __call__(self, input_ids, scores=None, **kwargs):
-        if self.stop.is_set() or self.abort.is_set():
-            self.cancelled = True
-            return True
-        return False
-
-
-class TokenStreamer:
-    """A transformers streamer (put/end, like TextIteratorStreamer) that only collects token ids in generate()'s
-    thread; the consumer decodes them incrementally, in batches. TextIteratorStreamer decodes the whole line on
-    every token inside generate()'s thread, which costs a quarter of a small model's throughput."""
-
-    def __init__(self):
-        self.ids = []
-        self.prompt_seen = False
-        self.ended = threading.Event()
-        self._cond = threading.Condition()
-
-    def put(self, value):
-        if not self.prompt_seen:  # generate() hands over the prompt first
-            self.prompt_seen = True
-            return
-        with self._cond:
-            self.ids.extend(value.reshape(-1).tolist())
-            self._cond.notify()
-
-    def end(self):
-        with self._cond:
-            self.ended.set()
-            self._cond.notify()
-
-    def wait(self, seen: int) -> tuple:
-        """Block until there are more than `seen` ids or the end; returns (ids so far, ended)."""
-        with self._cond:
-            self._cond.wait_for(lambda: len(self.ids) > seen or self.ended.is_set())
-            return list(self.ids), self.ended.is_set()
-
-
-class IncrementalDecoder:
-    """Text deltas from a growing id list, decoding only a short window each time (the offsets method of TGI and
-    vLLM): a delta is released once it no longer ends in an incomplete UTF-8 character."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.prefix = 0  # start of the context window
-        self.read = 0    # ids up to here have been released as text
-
-    def _decode(self, ids):
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def delta(self, ids: list, final: bool = False) -> str:
-        if len(ids) <= self.read:
-            return ''
-        before = self._decode(ids[self.prefix:self.read])
-        after = self._decode(ids[self.prefix:])
-        if len(after) > len(before) and (final or not after.endswith('\ufffd')):
-            self.prefix, self.read = self.read, len(ids)
-            return after[len(before):]
-        return ''
-
-
-class LocalBackend:
+class LocalBackend(InProcessBackend):
     kind = 'local'
-    update_interval = 0.05  # seconds between streamed updates; tokens arriving meanwhile are batched
 
     def __init__(self, model_path_or_name: str, models_dir: str | None = None, keep_loaded: bool = True,
                  device: str = 'auto', context_tokens: int = CONTEXT_TOKENS):
-        self.name = (model_path_or_name or '').strip()
+        super().__init__(model_path_or_name, models_dir, keep_loaded, context_tokens)
         if not self.name:
             raise ChatError('No local model chosen: pick an Omost model or enter a model folder.')
-        self.models_dir = models_dir or os.path.join('models', 'omost')
-        self.keep_loaded = keep_loaded
         self.device = device or 'auto'
-        self.context_tokens = int(context_tokens)
         self.model = None
         self.tokenizer = None
         self.folder = None
-        self._encoded = None
-        self._lock = threading.Lock()
 
     # -- where the model is ----------------------------------------------------------------------------------
 
@@ -226,21 +150,20 @@ class LocalBackend:
 
     # -- loading -------------------------------------------------------------------------------------------------
 
-    def load(self, progress=None):
-        with self._lock:
-            self._load(progress)
+    @property
+    def loaded(self) -> bool:
+        return self.model is not None
 
     def _load(self, progress=None):
-        if self.model is None:
-            # Refuse before a 6 GB download (catalogue models) or any import of transformers (folders).
-            self.check(self.name if os.path.isdir(self.name) else None)
-            folder = self.locate(progress)
-            device = _pick_device(self.device)
-            self.check(folder, device)
-            if progress is not None:
-                progress(f'Loading {self.name} on {device}')
-            self.tokenizer, self.model = self._from_pretrained(folder, device)
-            self.folder = folder
+        # Refuse before a 6 GB download (catalogue models) or any import of transformers (folders).
+        self.check(self.name if os.path.isdir(self.name) else None)
+        folder = self.locate(progress)
+        device = _pick_device(self.device)
+        self.check(folder, device)
+        if progress is not None:
+            progress(f'Loading {self.name} on {device}')
+        self.tokenizer, self.model = self._from_pretrained(folder, device)
+        self.folder = folder
 
     def _from_pretrained(self, folder: str, device: str):
         import torch
@@ -271,15 +194,14 @@ class LocalBackend:
             raise ChatError(f'{self.name} has no chat template in its tokenizer files; Omost models ship one.')
         return tokenizer, model
 
+    def _release(self) -> bool:
+        had = self.model is not None
+        self.model = None
+        self.tokenizer = None
+        return had
+
     def unload(self):
-        """Drop the model so diffusion gets its memory back."""
-        with self._lock:
-            had = self.model is not None
-            self.model = None
-            self.tokenizer = None
-            self._encoded = None
-        if had:
-            gc.collect()
+        if super().unload():
             try:
                 import torch
                 if torch.cuda.is_available():
@@ -287,25 +209,24 @@ class LocalBackend:
             except ImportError:
                 pass
 
-    # -- engine interface ----------------------------------------------------------------------------------------
+    # -- in-process backend hooks ----------------------------------------------------------------------------
+
+    def _tokenize(self, messages: list) -> list:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return ids['input_ids'] if hasattr(ids, 'keys') else ids  # transformers 5 returns a BatchEncoding
 
     def encode(self, messages: list):
-        """The chat template's prompt ids, (1, n); the last result is kept (the engine counts, then streams)."""
+        """The chat template's prompt ids as a (1, n) tensor."""
         import torch
-        key = json.dumps(messages, ensure_ascii=False)
-        if self._encoded is not None and self._encoded[0] == key and self._encoded[1] is self.tokenizer:
-            return self._encoded[2]
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, 'keys'):  # transformers 5 returns a BatchEncoding
-            ids = ids['input_ids']
-        tensor = torch.tensor([list(ids)], dtype=torch.long)
-        self._encoded = (key, self.tokenizer, tensor)
-        return tensor
+        return torch.tensor([self.prompt_ids(messages)], dtype=torch.long)
 
-    def count_tokens(self, messages: list):
-        if self.tokenizer is None:  # not loaded yet: estimate now, stream() checks exactly after loading
-            return sum(len(m['content']) for m in messages) // 4 + 4 * len(messages), False
-        return int(self.encode(messages).shape[-1]), True
+    def _handle(self):
+        model, tokenizer = self.model, self.tokenizer
+        return None if model is None or tokenizer is None else (model, tokenizer)
+
+    def _decoder(self, handle):
+        tokenizer = handle[1]
+        return IncrementalDecoder(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
 
     def generate_kwargs(self, input_ids, params: ChatParams, streamer, criterion) -> dict:
         from transformers.generation.stopping_criteria import StoppingCriteriaList
@@ -320,82 +241,18 @@ class LocalBackend:
             kwargs.update(do_sample=False, temperature=None, top_p=None)  # greedy, like Omost at temperature 0
         return kwargs
 
-    def _load_reporting(self):
-        """Load (download first if needed) in a thread, passing its progress lines on as notices."""
-        lines, failure = queue.Queue(), []
-
-        def run():
-            try:
-                self.load(progress=lines.put)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the streaming thread
-                failure.append(e)
-            finally:
-                lines.put(None)
-
-        threading.Thread(target=run, name='omost-llm-load', daemon=True).start()
-        for line in iter(lines.get, None):
-            yield 'notice', line
-        if failure:
-            raise failure[0]
-
-    def stream(self, messages: list, params: ChatParams, stop: threading.Event):
-        # No lock is held across a yield (a UI may abandon this generator in another thread): loading and
-        # generate() take the lock in their own threads, so chats on one model queue up instead.
-        if self.model is None:
-            yield from self._load_reporting()
+    def _job(self, handle, ids, params: ChatParams, streamer, criterion):
         import torch
-        model, tokenizer = self.model, self.tokenizer
-        if model is None:
-            raise ChatError(f'{self.name} was unloaded before the chat could start; send the message again.')
-        input_ids = self.encode(messages)
-        if input_ids.shape[-1] >= self.context_tokens:
-            raise ChatError(BUDGET_FULL.format(n=int(input_ids.shape[-1]), limit=self.context_tokens))
-        input_ids = input_ids.to(model.device)
-        abort = threading.Event()
-        criterion = _StopOnEvent(stop, abort)
-        streamer = TokenStreamer()
+        model = handle[0]
+        input_ids = torch.tensor([ids], dtype=torch.long).to(model.device)
         kwargs = self.generate_kwargs(input_ids, params, streamer, criterion)
-        failure = []
 
-        def run():
-            try:
-                with self._lock:
-                    if not abort.is_set():
-                        # Omost's chat_fn seeds the global generator; fork it so the WebUI's RNG state is the same
-                        # after the chat as before
-                        device = getattr(model, 'device', None)
-                        cuda = [device.index or 0] if getattr(device, 'type', '') == 'cuda' else []
-                        with torch.random.fork_rng(devices=cuda):
-                            torch.manual_seed(int(params.seed))
-                            model.generate(**kwargs)
-            except Exception as e:  # noqa: BLE001 - reported to the user by the consuming thread
-                failure.append(e)
-            finally:
-                streamer.end()
-
-        thread = threading.Thread(target=run, name='omost-llm-generate', daemon=True)
-        thread.start()
-        try:
-            decoder, ended = IncrementalDecoder(tokenizer), False
-            ids = []
-            while not ended:
-                ids, ended = streamer.wait(len(ids))
-                text = decoder.delta(ids, final=ended)
-                yield 'tokens', len(ids)
-                if text:
-                    yield 'text', text
-                if not ended:
-                    streamer.ended.wait(self.update_interval)  # let tokens gather: fewer decodes and updates
-            thread.join()
-            if failure:
-                e = failure[0]
-                reason = ' '.join(str(e).split())[:300] or type(e).__name__
-                raise ChatError(f'The model failed while writing: {type(e).__name__}: {reason}')
-            if not criterion.cancelled:
-                yield 'finish', 'length' if len(ids) >= params.max_new_tokens else 'stop'
-        finally:
-            abort.set()  # the consumer went away (or finished): end generate() at the next token
-            thread.join()
-            del kwargs, streamer, thread, model
-            if not self.keep_loaded:
-                self.unload()
+        def job():
+            # Omost's chat_fn seeds the global generator; fork it so the WebUI's RNG state is the same after the
+            # chat as before
+            device = getattr(model, 'device', None)
+            cuda = [device.index or 0] if getattr(device, 'type', '') == 'cuda' else []
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(int(params.seed))
+                model.generate(**kwargs)
+        return job

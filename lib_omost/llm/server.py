@@ -12,7 +12,9 @@ import json
 import socket
 import ssl
 import threading
+import time
 import urllib.parse
+import zlib
 
 from lib_omost.llm.conversation import CONTEXT_TOKENS, ChatError, ChatParams
 
@@ -67,6 +69,84 @@ def _error_text(body: bytes) -> str:
     return line[:300] + ('...' if len(line) > 300 else '')
 
 
+class _Inflated:
+    """A gzip/deflate-encoded body read as plain bytes (some proxies compress an SSE stream although the request
+    asks for identity encoding); offers the `readline`/`read` the reply parsers use."""
+
+    def __init__(self, response, url: str):
+        self.response, self.url = response, url
+        self.z = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header, detected
+        self.buf, self.eof = b'', False
+
+    def _fill(self):
+        chunk = self.response.read1(16384)
+        try:
+            self.buf += self.z.decompress(chunk) if chunk else self.z.flush()
+        except zlib.error:
+            raise ChatError(f'The server at {self.url} sent a corrupt compressed reply.') from None
+        self.eof = not chunk
+
+    def readline(self, limit: int) -> bytes:
+        while b'\n' not in self.buf and len(self.buf) < limit and not self.eof:
+            self._fill()
+        end = self.buf.find(b'\n')
+        end = end + 1 if 0 <= end < limit else min(len(self.buf), limit)
+        line, self.buf = self.buf[:end], self.buf[end:]
+        return line
+
+    def read(self, limit: int) -> bytes:
+        while len(self.buf) < limit and not self.eof:
+            self._fill()
+        data, self.buf = self.buf[:limit], self.buf[limit:]
+        return data
+
+
+def _body_reader(response, url: str):
+    """The response itself, or a decompressing reader; an encoding we cannot read is said plainly."""
+    encoding = (response.getheader('Content-Encoding') or 'identity').strip().lower()
+    if encoding in ('', 'identity'):
+        return response
+    if encoding in ('gzip', 'x-gzip', 'deflate'):
+        return _Inflated(response, url)
+    raise ChatError(f'The server at {url} sent a {encoding}-compressed reply although an uncompressed one was '
+                    'asked for; turn compression off in the server (or the proxy in front of it).')
+
+
+class _Deadline:
+    """The read timeout as the user means it: the time to the first piece of reply text, then the time between
+    pieces. SSE comments (`: ping` keep-alives) and chunks without text do not extend it."""
+
+    def __init__(self, sock, timeout: float, url: str):
+        self.sock, self.timeout, self.url = sock, timeout, url
+        self.until = time.monotonic() + timeout
+        self.got_text = False  # some reply text has arrived
+        self.heard = False     # something arrived since the last text (keep-alives, role-only chunks)
+
+    def arm(self):
+        """Before a read: the socket may wait only as long as is left."""
+        self.sock.settimeout(max(self.until - time.monotonic(), 0.001))
+
+    def text(self):
+        self.got_text, self.heard = True, False
+        self.until = time.monotonic() + self.timeout
+
+    def other(self):
+        self.heard = True
+        if time.monotonic() >= self.until:
+            raise self.error()
+
+    def error(self) -> ChatError:
+        t = f'{self.timeout:g} s'
+        if self.got_text:
+            if self.heard:
+                return ChatError(f'The server at {self.url} sent no reply text for {t}, only keep-alives (timeout).')
+            return ChatError(f'The server at {self.url} sent nothing for {t} (read timeout).')
+        if self.heard:
+            return ChatError(f'The server at {self.url} sent no reply text within {t}, only keep-alives (timeout); '
+                             'it may be busy with another request.')
+        return ChatError(f'The server at {self.url} sent no reply text within {t} (read timeout).')
+
+
 class _Cancel:
     """Shuts the socket down when `stop` is set, so a read blocked on a silent server returns at once."""
 
@@ -117,16 +197,18 @@ class ServerBackend:
         if self.model:
             body['model'] = self.model
         conn = self._connect()
+        deadline = _Deadline(conn.sock, self.read_timeout, self.base_url)  # counts from sending the request
         cancel = _Cancel(stop, conn.sock)
         try:
             response = self._request(conn, 'POST', '/chat/completions', body, stop)
             if response is None:
                 return
             ctype = (response.getheader('Content-Type') or '').lower()
+            reader = _body_reader(response, self.base_url)
             if 'text/event-stream' in ctype or 'json' not in ctype:
-                yield from self._events(response, stop)
+                yield from self._events(reader, stop, deadline)
             else:  # a server that ignores `stream: true` and answers with one JSON completion
-                yield from self._whole(response, stop)
+                yield from self._whole(reader, stop, deadline)
         finally:
             cancel.close()
             conn.close()
@@ -134,14 +216,17 @@ class ServerBackend:
     # -- models ------------------------------------------------------------------------------------------------
 
     def list_models(self) -> list:
-        """Model ids from GET /v1/models; [] when the server does not offer the list. Unreachable: ChatError."""
+        """Model ids from GET /v1/models; [] when the server does not offer the list. Unreachable, or an HTTP
+        error (a wrong API key): ChatError with the server's message."""
         conn = self._connect()
         try:
             response = self._request(conn, 'GET', '/models', None, threading.Event(), raise_status=False)
-            if response.status != 200:
-                return []
+            if response.status in (404, 405, 501):
+                return []  # no model list on this server; the model name is typed instead
+            if response.status >= 300:
+                raise self._status_error(response)
             try:
-                data = json.loads(response.read(MAX_JSON_BODY))
+                data = json.loads(_body_reader(response, self.base_url).read(MAX_JSON_BODY))
             except (ValueError, OSError, http.client.HTTPException):
                 return []
         finally:
@@ -177,16 +262,16 @@ class ServerBackend:
         conn.sock.settimeout(self.read_timeout)
         return conn
 
-    def _read_failure(self, e: Exception, stop: threading.Event):
+    def _read_failure(self, e: Exception, stop: threading.Event, deadline: _Deadline):
         if stop.is_set():
             return None  # our own shutdown of the socket
         if isinstance(e, socket.timeout):
-            return ChatError(f'The server at {self.base_url} sent nothing for {self.read_timeout:g} s '
-                             '(read timeout).')
+            return deadline.error()
         return ChatError(f'The server at {self.base_url} closed the connection in the middle of the reply.')
 
     def _request(self, conn, method: str, path: str, body, stop: threading.Event, raise_status: bool = True):
-        headers = {'Accept': 'text/event-stream' if body is not None else 'application/json'}
+        headers = {'Accept': 'text/event-stream' if body is not None else 'application/json',
+                   'Accept-Encoding': 'identity'}  # a compressed stream cannot be shown as it arrives
         data = None
         if body is not None:
             data = json.dumps(body).encode('utf-8')
@@ -204,18 +289,26 @@ class ServerBackend:
                                 '(read timeout).') from None
             raise ChatError(f'The server at {self.base_url} closed the connection without answering.') from None
         if raise_status and response.status >= 300:
-            try:
-                detail = _error_text(response.read(MAX_ERROR_BODY))
-            except (OSError, http.client.HTTPException):
-                detail = ''
-            status = f'HTTP {response.status}' + (f' {response.reason}' if response.reason else '')
-            hint = {401: ' Check the API key.', 403: ' Check the API key.',
-                    404: ' Check the base URL and the model name.'}.get(response.status, '')
-            if 300 <= response.status < 400:
-                detail = detail or f"a redirect to {response.getheader('Location')}, which is not followed"
-            detail = (detail or '(no message)').rstrip('.')
-            raise ChatError(f'The server at {self.base_url} answered {status}: {detail}.{hint}')
+            raise self._status_error(response)
         return response
+
+    def _status_error(self, response) -> ChatError:
+        """'The server at URL answered HTTP 401 Unauthorized: <its message>. Check the API key.'"""
+        try:
+            detail = _error_text(_body_reader(response, self.base_url).read(MAX_ERROR_BODY))
+        except (OSError, http.client.HTTPException, ChatError):
+            detail = ''
+        reason = (response.reason or '').strip()
+        status = f'HTTP {response.status}' + (f' {reason}' if reason else '')
+        hint = {401: ' Check the API key.', 403: ' Check the API key.',
+                404: ' Check the base URL and the model name.'}.get(response.status, '')
+        if 300 <= response.status < 400:
+            detail = detail or f"a redirect to {response.getheader('Location')}, which is not followed"
+        detail = detail.rstrip('.')
+        if detail.lower() == reason.lower().rstrip('.'):
+            detail = ''  # "HTTP 500 Internal Server Error: Internal Server Error." says nothing twice
+        return ChatError(f'The server at {self.base_url} answered {status}' + (f': {detail}.' if detail else '.')
+                         + hint)
 
     # -- replies ---------------------------------------------------------------------------------------------------
 
@@ -249,16 +342,17 @@ class ServerBackend:
                 events.append(('finish', 'length' if choice['finish_reason'] == 'length' else 'stop'))
         return events
 
-    def _events(self, response, stop: threading.Event):
+    def _events(self, response, stop: threading.Event, deadline: _Deadline):
         finished = False
-        data_lines = []
+        data_lines, event = [], ''
         while True:
             if stop.is_set():
                 return
+            deadline.arm()
             try:
                 raw = response.readline(MAX_LINE)
             except (OSError, http.client.HTTPException, ValueError) as e:
-                failure = self._read_failure(e, stop)
+                failure = self._read_failure(e, stop, deadline)
                 if failure is None:
                     return
                 raise failure from None
@@ -266,34 +360,45 @@ class ServerBackend:
                 return
             line = raw.decode('utf-8', 'replace').rstrip('\r\n')
             if raw and line:
-                if line.startswith(':'):
-                    continue  # SSE comment / keep-alive
                 field, _, value = line.partition(':')
-                if field == 'data':
-                    data_lines.append(value[1:] if value.startswith(' ') else value)
-                elif field not in ('event', 'id', 'retry'):
+                value = value[1:] if value.startswith(' ') else value
+                if line.startswith(':'):
+                    pass  # SSE comment / keep-alive
+                elif field == 'data':
+                    data_lines.append(value)
+                elif field == 'event':
+                    event = value.strip()
+                elif field not in ('id', 'retry'):
                     raise ChatError(f'The server at {self.base_url} sent a malformed stream (not OpenAI-compatible '
                                     f'SSE): {" ".join(line.split())[:80]!r}')
+                deadline.other()
                 continue
             if data_lines:  # a blank line (or the end) dispatches the event
-                for kind, value in self._chunk_events('\n'.join(data_lines)):
+                data = '\n'.join(data_lines)
+                if event == 'error':  # its data may be {"error": ...}, {"message": ...}, {"detail": ...} or text
+                    raise ChatError(f'The server at {self.base_url} reported an error: '
+                                    f'{_error_text(data.encode()) or "(no message)"}')
+                for kind, value in self._chunk_events(data):
                     if kind == 'done':
                         if not finished:
                             yield 'finish', 'stop'
                         return
                     finished = finished or kind == 'finish'
+                    if kind == 'text':
+                        deadline.text()
                     yield kind, value
-                data_lines = []
+                data_lines, event = [], ''
             if not raw:
                 if finished:
                     return  # some servers close after the finish_reason chunk without [DONE]
                 raise ChatError(f'The server at {self.base_url} closed the connection in the middle of the reply.')
 
-    def _whole(self, response, stop: threading.Event):
+    def _whole(self, response, stop: threading.Event, deadline: _Deadline):
+        deadline.arm()
         try:
             body = response.read(MAX_JSON_BODY)
         except (OSError, http.client.HTTPException) as e:
-            failure = self._read_failure(e, stop)
+            failure = self._read_failure(e, stop, deadline)
             if failure is None:
                 return
             raise failure from None

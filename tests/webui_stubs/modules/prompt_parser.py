@@ -69,6 +69,18 @@ def get_multicond_learned_conditioning(model, prompts, steps=1):
                                                            for t, w in subs] for subs in lists])
 
 
+class DictWithShape(dict):
+    """prompt_parser.DictWithShape: an SDXL cond {'crossattn': (B, T, C), 'vector': (B, V)} with `.shape`."""
+
+    def __init__(self, x, shape=None):
+        super().__init__()
+        self.update(x)
+
+    @property
+    def shape(self):
+        return self['crossattn'].shape
+
+
 def stack_conds(tensors):
     token_count = max(t.shape[0] for t in tensors)
     tensors = [t if t.shape[0] == token_count else torch.vstack([t, t[-1:].repeat([token_count - t.shape[0], 1])])
@@ -90,5 +102,5 @@ def reconstruct_multicond_batch(c, current_step):
             tensors.append(composable.schedules[target].cond)
         conds_list.append(conds_for_batch)
     if isinstance(tensors[0], dict):
-        return conds_list, {k: stack_conds([t[k] for t in tensors]) for k in tensors[0]}
+        return conds_list, DictWithShape({k: stack_conds([t[k] for t in tensors]) for k in tensors[0]})
     return conds_list, stack_conds(tensors)

@@ -332,8 +332,7 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
                 now = time.monotonic()
                 if live_pending and now >= live_due:  # a few updates a second, never one per token
                     canvas_now, live_pending, live_due = live.code, False, now + LIVE_INTERVAL_S
-            regions = (f'{len(live.result.canvas.local_regions)} regions so far...'
-                       if live is not None and live.result is not None else '')
+            regions = _so_far(live.result.canvas) if live is not None and live.result is not None else ''
             text = ' '.join(filter(None, [continuing, upd.notice, regions]))
             status = status_html(text) if text and text != shown_status else keep
             shown_status = text or shown_status
@@ -370,6 +369,11 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
     except CanvasError:
         pass  # the engine's notice already says the reply has no canvas
     yield history, keep, canvas, status_html(_finished_status(upd, continuing), 'ok')
+
+
+def _so_far(canvas) -> str:
+    n = len(canvas.local_regions)
+    return f'{n} region{"s" if n != 1 else ""} so far...' if n else 'The background so far...'
 
 
 def chat_with_editor(mode, session, *args, image_size=(), **kwargs):
@@ -556,11 +560,11 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                                                          label='Prompt box text goes to (every region / global)',
                                                          elem_id=elem_id('omost_opt_prompt_target'))
                     c['options_status'] = gr.HTML('', elem_id=elem_id('omost_options_status'))
-                    # The hidden JSON is what generation reads. Its value is computed at every page load from the
-                    # controls, whose defaults the WebUI may have replaced from ui-config.json after ui() returned
-                    # (modules/ui_loadsave.py: UiLoadsave.add_component sets `value` on labelled controls only).
-                    options_text = gr.Textbox(lambda: options_from_controls(*(o[k].value for k in OPTION_NAMES))[0],
-                                              visible=False, elem_id=elem_id('omost_options'))
+                    # The hidden JSON is what generation reads. Its label makes Settings > Defaults save and restore
+                    # it with the labelled controls (modules/ui_loadsave.py: UiLoadsave.add_block tracks labelled
+                    # components only), so a restored Region strength 0.8 is also what renders.
+                    options_text = gr.Textbox(defaults.to_json(), label='Omost options JSON', visible=False,
+                                              elem_id=elem_id('omost_options'))
                 from omost_webui.ui_guidance import build_guidance_ui
                 guidance = build_guidance_ui(elem_id, canvas_text)
 

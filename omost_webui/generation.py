@@ -396,8 +396,8 @@ def _follow_model(job) -> bool:
     job.model = model
     title = _model_title(model)
     if detect_arch(p) is None or find_tokenize_line(model) is None:
-        note(job.p, f'switched to {title}, which has no cross-attention / CLIP text encoder Omost knows: '
-                          'the rest of the job ran without regions')
+        note(p, f'switched to {title}, which has no cross-attention / CLIP text encoder Omost knows: the rest '
+                'of the job ran without regions')
         job.current = None
         return False
     job.current.clear_plans()  # new plans for the new model's layers
@@ -406,7 +406,7 @@ def _follow_model(job) -> bool:
     else:
         _hook_a1111(p, job, job.current)
     job.check_length = True
-    note(job.p, f'regions continued on {title}')
+    note(p, f'regions continued on {title}')
     return True
 
 
@@ -416,8 +416,9 @@ def _check_switched_cond(job, params):
     job.check_length = False
     length = cond_token_count(params.text_cond)
     if length != job.current.cond_length:
-        note(job.p, f'switched to {_model_title(job.model)}, whose cond has {length} tokens where the '
-                          f'regions expect {job.current.cond_length}: the rest of the job ran without regions')
+        note(job.p, f'switched to {_model_title(job.model)}, whose cond has {length} tokens where the regions '
+                    f'expect {job.current.cond_length}: the rest of the job ran without regions')
+        job.current.strength = 0.0  # the hooks / patches installed on the new model stay plain from now on
         job.current = None
 
 

@@ -654,3 +654,15 @@ def check_refiner_switch(rig, refiner, plain_refiner):
     _, res = rig.generate(omost(), **switch)
     assert [s['regional'] for s in Rig.steps] == [True, True, None, None]
     assert 'switched to flux-like, which has no cross-attention' in res.info and 'Omost notes: ' in res.info
+    # a refiner whose encoder makes another number of chunks of the bags: the token map no longer fits
+    encode = refiner.embedder.encode
+    refiner.embedder.encode = lambda prompts: torch.cat([encode(prompts)] * 2, dim=1)
+    try:
+        switch['refiner_checkpoint_info'] = sd_models.CheckpointInfo('other-encoder', refiner)
+        _, res = rig.generate(omost(), **switch)
+        _, off_after_switch = rig.generate(omost(end=0.5), **switch)
+    finally:
+        refiner.embedder.encode = encode
+    assert [s['regional'] for s in Rig.steps] == [True, True, None, None]
+    assert 'switched to other-encoder, whose cond has' in res.info
+    assert images_equal(res, off_after_switch)  # plain on the refiner, as if the window had ended

@@ -72,7 +72,7 @@ def script_args(page):
     page.wait_for_function('([sel, before]) => { const e = document.querySelector(sel);'
                            ' return e && e.value && e.value !== before; }',
                            arg=['#txt2img_echoed textarea', before], timeout=WAIT_MS)
-    return json.loads(box(page, 'txt2img_echoed').input_value())
+    return json.loads(box(page, 'txt2img_echoed').input_value())[:3]  # (then the image guidance values)
 
 
 def set_canvas(page, text):

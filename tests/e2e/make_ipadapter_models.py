@@ -117,8 +117,9 @@ def save(sd: dict, path: str):
     if path.endswith('.safetensors'):
         from safetensors.torch import save_file
         save_file(sd, tmp)
-    else:  # sd-webui-controlnet torch.load()s its towers
-        torch.save(sd, tmp)
+    else:  # sd-webui-controlnet torch.load()s its towers, through A1111's safe unpickler (modules/safe.py), whose
+        # zip whitelist predates the '.format_version' record of today's torch.save: the legacy format passes
+        torch.save(sd, tmp, _use_new_zipfile_serialization=False)
     os.replace(tmp, path)
     print(f'wrote {path} ({os.path.getsize(path) / 2 ** 20:.0f} MiB)')
 

@@ -35,7 +35,10 @@ from lib_omost.canvas import region_masks as canvas_region_masks
 log = logging.getLogger(__name__)
 
 UNOWNED = -1  # token_region value of a column that no region owns: masked out for regional rows
-_MAX_PLANS = 64  # per generation; a plan is a few MB at most
+# Plans are cached per layer size and context length for the job and freed at its end. A plan's mask is one byte
+# per (pixel, token): 7.5 MB at SDXL 1024 px (64 x 64 level) with 24 bags, 20 MB with 64. The cache stays under
+# this many bytes (oldest plans go first; a job needs a handful: one per attn2 level and context length).
+_MAX_PLAN_BYTES = 256 * 2 ** 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +46,11 @@ class Plan:
     """Everything the single SDPA call needs for one layer size and context length."""
     key_scale: torch.Tensor  # (T, 1): scale_j / max_scale, in the compute dtype
     max_scale: float
-    attn_mask: torch.Tensor  # (N, T) additive 0 / -inf, broadcast over batch rows and heads
+    attn_mask: torch.Tensor  # (N, T) bool, True = attend, broadcast over batch rows and heads
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.key_scale, self.attn_mask))
 
 
 def make_plan(region_masks, token_region, strength: float, dtype: torch.dtype, device=None) -> Plan:
@@ -73,10 +80,10 @@ def make_plan(region_masks, token_region, strength: float, dtype: torch.dtype, d
     stranded = ~allowed.any(dim=1)
     if bool(stranded.any()):
         allowed[stranded] = owned if bool(owned.any()) else True
-    # Additive 0 / -inf in the compute dtype: SDPA would otherwise convert a bool mask on every call.
-    attn_mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float('-inf'))
+    # Kept as bool (1 byte per entry, a quarter of an additive float mask): SDPA gives the same result for a bool
+    # mask as for 0 / -inf, at the same speed (it builds the additive form per call, not kept between calls).
     key_scale = (scale / max_scale).to(dtype)[:, None]
-    return Plan(key_scale=key_scale, max_scale=max_scale, attn_mask=attn_mask)
+    return Plan(key_scale=key_scale, max_scale=max_scale, attn_mask=allowed)
 
 
 def attend(q, k, v, plan: Plan):
@@ -142,6 +149,11 @@ class RegionalAttention:
 
     def set_latent_size(self, height: int, width: int):
         self.latent_size = (int(height), int(width))
+
+    def clear_plans(self):
+        """Forget the plans and masks (a model switch: other layers; the job's end: free them)."""
+        self._plans.clear()
+        self._masks.clear()
 
     def set_image_size(self, height: int, width: int):
         """The latent of the whole image this pass samples. A UNet call on another size sees a tile of it (tiled
@@ -217,25 +229,32 @@ class RegionalAttention:
                            f'prompt; plain attention there')
         else:
             plan = make_plan(self.layer_masks(*size, device), columns.to(device), self.strength, dtype)
-        if len(self._plans) >= _MAX_PLANS:
-            self._plans.clear()
         self._plans[key] = plan
+        while len(self._plans) > 1 and sum(p.nbytes for p in self._plans.values() if p is not None) > _MAX_PLAN_BYTES:
+            del self._plans[next(iter(self._plans))]  # the oldest
         return plan
 
-    def regional(self, q, k, v, cond_rows=None, tiled: bool = True):
+    @property
+    def plan_bytes(self) -> int:
+        """Bytes held by the cached plans."""
+        return sum(p.nbytes for p in self._plans.values() if p is not None)
+
+    def regional(self, q, k, v, cond_rows=None, tiled: bool = True, plain=None):
         """Attention for q (B, heads, N, d), k/v (B, heads, T, d): rows in cond_rows (None = all; a slice, a
-        list or a bool/long tensor of batch rows) regional, the other rows plain."""
+        list or a bool/long tensor of batch rows) regional, the other rows `plain(q, k, v)` (default: SDPA; a
+        host passes its own attention function)."""
+        plain = plain or F.scaled_dot_product_attention
         rows = _row_selection(cond_rows, q.shape[0])
         plan = None if rows is None else self.plan_for(q.shape[2], k.shape[2], q.device, q.dtype, tiled)
         if plan is None:
-            return F.scaled_dot_product_attention(q, k, v)
+            return plain(q, k, v)
         if isinstance(rows, slice):  # the usual case (A1111: cond first; Forge: uncond first): views, no sync
             start, stop = rows.start, rows.stop
             parts = [attend(q[start:stop], k[start:stop], v[start:stop], plan)]
             if start > 0:
-                parts.insert(0, F.scaled_dot_product_attention(q[:start], k[:start], v[:start]))
+                parts.insert(0, plain(q[:start], k[:start], v[:start]))
             if stop < q.shape[0]:
-                parts.append(F.scaled_dot_product_attention(q[stop:], k[stop:], v[stop:]))
+                parts.append(plain(q[stop:], k[stop:], v[stop:]))
             return parts[0] if len(parts) == 1 else torch.cat(parts)
         if isinstance(rows, torch.Tensor):
             rows = rows.to(q.device)
@@ -244,7 +263,7 @@ class RegionalAttention:
         out = q.new_empty(q.shape[:-1] + v.shape[-1:])
         out[rows] = attend(q[rows], k[rows], v[rows], plan)
         if bool(others.any()):
-            out[others] = F.scaled_dot_product_attention(q[others], k[others], v[others])
+            out[others] = plain(q[others], k[others], v[others])
         return out
 
 

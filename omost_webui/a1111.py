@@ -92,6 +92,12 @@ def _marked(cond) -> int:
     return int(bool(((first.abs() - CONTROLNET_MARK).abs() < 1e-3).all()))
 
 
+def cond_token_count(cond) -> int:
+    """Token length of an on_cfg_denoiser text_cond (tensor or SDXL dict), without ControlNet's mark."""
+    cond = _crossattn(cond)
+    return int(cond.shape[1]) - _marked(cond)
+
+
 def _ip_adapter_terms(module):
     """sd-webui-controlnet's IP-Adapter functions on this attn2 (empty when it has none).
 
@@ -182,8 +188,8 @@ class A1111RegionalHooks:
         """Called from A1111's on_cfg_denoiser callback before the UNet calls of every sampling step."""
         cond, uncond = _crossattn(params.text_cond), _crossattn(params.text_uncond)
         self.n_cond = int(cond.shape[0])
-        self.cond_length = int(cond.shape[1]) - _marked(cond)
-        self.uncond_length = None if uncond is None else int(uncond.shape[1]) - _marked(uncond)
+        self.cond_length = cond_token_count(cond)
+        self.uncond_length = None if uncond is None else cond_token_count(uncond)
         self._rows_seen = 0
         self._call_rows = None
         if self.cond_length != self.regional.cond_length:

@@ -27,6 +27,24 @@ MAX_BLOCKS = 16  # the same key range as Forge's set_model_replace_all: every (b
 IP_ADAPTER_MODULE = 'lib_ipadapter.IPAdapterPlus'  # Forge's built-in sd_forge_ipadapter (imported by that name)
 
 
+def host_attention():
+    """Forge's own attention function, `attention_function(q, k, v, heads, mask=None)` on (B, N, heads * d):
+    backend/attention.py picks xformers / pytorch SDPA / split / sub-quadratic once at start-up, and every attn2
+    without a replace patch runs it (backend/nn/unet.py CrossAttention.forward). Read from the module at patch
+    time, as Forge binds it at import. Outside Forge (tests of lib_omost alone): torch SDPA."""
+    try:
+        from backend import attention
+        return attention.attention_function
+    except ImportError:
+        return _sdpa
+
+
+def _sdpa(q, k, v, heads, mask=None):
+    b = q.shape[0]
+    q, k, v = (t.reshape(b, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, q.shape[2], -1)
+
+
 class RegionalAttn2Patch:
     """One attn2 replace patch: regional attention on the cond rows.
 
@@ -37,16 +55,19 @@ class RegionalAttn2Patch:
 
     IP-Adapter applied AFTER us finds our patch at its key and calls `set_new_condition(...)` on it
     (IPAdapterPlus.py: set_model_patch_replace): we create (or extend) its CrossAttentionPatch as our `previous`,
-    so the image prompt is kept whatever the order of the two extensions."""
+    so the image prompt is kept whatever the order of the two extensions.
 
-    def __init__(self, regional, previous=None):
+    Without a `previous`, rows and steps without regions run Forge's own attention function (`host_attention`)."""
+
+    def __init__(self, regional, previous=None, attention=None):
         self.regional = regional
         self.previous = previous
+        self.attention = attention or host_attention()
 
     def __deepcopy__(self, memo):
         # UnetPatcher.clone() deep-copies model_options (backend/patcher/base.py: clone). Every clone must drive the
         # same per-generation state (`regional`); what it wraps is copied, as Forge copies every other patch.
-        return RegionalAttn2Patch(self.regional, copy.deepcopy(self.previous, memo))
+        return RegionalAttn2Patch(self.regional, copy.deepcopy(self.previous, memo), self.attention)
 
     def set_new_condition(self, **patch_kwargs):
         """IP-Adapter's way to add an image prompt to the patch already at its key (see the class docstring)."""
@@ -64,12 +85,14 @@ class RegionalAttn2Patch:
         shape = extra_options.get('original_shape')
         if shape is not None:
             self.regional.set_latent_size(int(shape[2]), int(shape[3]))
-        qh, kh, vh = (t.reshape(batch, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
         rows = cond_rows(extra_options, batch)
-        if self.previous is None:
-            out = self.regional.regional(qh, kh, vh, rows, tiled=True)
-            return out.transpose(1, 2).reshape(batch, pixels, -1)
-        return self._on_top_of_previous(q, k, v, qh, kh, vh, rows, extra_options)
+        if self.previous is None and (not rows or not self.regional.active):  # nothing regional in this call
+            return self.attention(q, k, v, heads)
+        qh, kh, vh = (t.reshape(batch, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
+        if self.previous is not None:
+            return self._on_top_of_previous(q, k, v, qh, kh, vh, rows, extra_options)
+        out = self.regional.regional(qh, kh, vh, rows, tiled=True, plain=self._plain_heads)
+        return out.transpose(1, 2).reshape(batch, pixels, -1)
 
     def _on_top_of_previous(self, q, k, v, qh, kh, vh, rows, extra_options):
         out = self.previous(q, k, v, extra_options)
@@ -82,6 +105,13 @@ class RegionalAttn2Patch:
         out = out.clone()
         out[rows] += delta.transpose(1, 2).reshape(len(rows), pixels, -1).to(out.dtype)
         return out
+
+    def _plain_heads(self, q, k, v):
+        """The host's attention on (B, heads, N, d) tensors (regional() works in that layout)."""
+        b, heads = q.shape[0], q.shape[1]
+        merged = (t.transpose(1, 2).reshape(b, t.shape[2], -1) for t in (q, k, v))
+        out = self.attention(*merged, heads)
+        return out.reshape(b, out.shape[1], heads, -1).transpose(1, 2)
 
 
 def cond_rows(extra_options, batch: int):
@@ -105,11 +135,12 @@ def patch_unet(unet_patcher, regional):
     options = dict(unet.model_options.get('transformer_options', {}))
     replace = dict(options.get('patches_replace', {}))
     attn2 = dict(replace.get('attn2', {}))
+    attention = host_attention()
 
     def ours(previous):
         if isinstance(previous, RegionalAttn2Patch):  # patched twice: wrap what was there before us
             previous = previous.previous
-        return RegionalAttn2Patch(regional, previous)
+        return RegionalAttn2Patch(regional, previous, attention)
 
     for block in BLOCK_NAMES:
         for number in range(MAX_BLOCKS):

@@ -12,6 +12,8 @@ Where each step happens, and why (see host-integration.md):
 - `process_before_every_sampling`: attention (Forge: a patched clone of the UnetPatcher, discarded by the host
   after the pass; A1111: instance hooks armed for this job only) and the sketch start of the first pass.
 - `on_cfg_denoiser` (global callback, gated on the running job): step progress, cond/uncond bookkeeping.
+- `on_model_loaded`: between jobs, remove every A1111 hook; inside a job (refiner, hires checkpoint) move the
+  regions onto the new model, or say in the console and the infotext that the rest ran without them.
 - `postprocess`, the next `process`, model load and script unload: remove every A1111 hook.
 """
 
@@ -70,6 +72,9 @@ class Job:
     hooks: object = None         # A1111RegionalHooks while armed
     patched_unet: object = None  # Forge: the UnetPatcher we produced for the current pass
     current: object = None       # the RegionalAttention fed by on_cfg_denoiser in this pass
+    model: object = None         # the sd_model the regions are on (a refiner / hires checkpoint replaces it)
+    switched: bool = False       # a checkpoint was loaded during this job
+    check_length: bool = False   # after a model switch: does the new model's cond still fit the token map?
 
 
 def _job(p):
@@ -283,6 +288,9 @@ def process_before_every_sampling(p, x):
         regional = None
     _active = job
     job.current = regional
+    if job.switched and job.model is None and regional is not None:  # a hires checkpoint, loaded before this pass
+        note(job.p, f'regions continued on {_model_title(p.sd_model)}')
+    job.model = p.sd_model
     if regional is not None:
         regional.set_latent_size(int(x.shape[-2]), int(x.shape[-1]))
         regional.set_image_size(int(x.shape[-2]), int(x.shape[-1]))  # the whole image: other sizes are tiles
@@ -329,11 +337,72 @@ def on_cfg_denoiser(params):
     denoiser_p = getattr(params.denoiser, 'p', None)
     if denoiser_p is not None and denoiser_p is not job.p:
         return
-    if job.current is None:
+    if job.current is None or not _follow_model(job):
         return
     job.current.set_progress(denoiser_progress(params))
     if job.hooks is not None:
         job.hooks.on_cfg_denoiser(params)
+    if job.check_length:
+        _check_switched_cond(job, params)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A model switch inside a job
+
+
+def on_model_loaded(sd_model):
+    """`on_model_loaded`. Between jobs: remove every hook. Inside a running job (both hosts load the refiner in
+    the middle of a sampling pass, `sd_samplers_common.apply_refiner`, and a hires checkpoint between the passes):
+    the old model's hooks go, the job stays active, and its regions move onto the new model at the next denoiser
+    step (`_follow_model`) or the next pass (`process_before_every_sampling`)."""
+    job = _active
+    if job is None:
+        cleanup()
+        return
+    _unhook_a1111(job)
+    _remove_all_a1111()
+    job.model = job.patched_unet = None
+    job.switched = True
+
+
+def _model_title(model) -> str:
+    info = getattr(model, 'sd_checkpoint_info', None)
+    return getattr(info, 'short_title', None) or getattr(info, 'title', None) or 'the new model'
+
+
+def _follow_model(job) -> bool:
+    """Put the regions on the model that samples now, when it is not the one they were put on (the refiner
+    switch happened in this denoiser call); False when the new model cannot take them."""
+    p = job.p
+    model = p.sd_model  # both hosts: `shared.sd_model`, which the denoiser runs after update_inner_model()
+    if job.model is model:
+        return True
+    job.model = model
+    title = _model_title(model)
+    if detect_arch(p) is None or find_tokenize_line(model) is None:
+        note(job.p, f'switched to {title}, which has no cross-attention / CLIP text encoder Omost knows: '
+                          'the rest of the job ran without regions')
+        job.current = None
+        return False
+    job.current.clear_plans()  # new plans for the new model's layers
+    if job.forge:
+        _patch_forge(p, job, job.current)
+    else:
+        _hook_a1111(p, job, job.current)
+    job.check_length = True
+    note(job.p, f'regions continued on {title}')
+    return True
+
+
+def _check_switched_cond(job, params):
+    """The new model re-encoded the bags (p.setup_conds); a different token count means the map no longer fits."""
+    from omost_webui.a1111 import cond_token_count
+    job.check_length = False
+    length = cond_token_count(params.text_cond)
+    if length != job.current.cond_length:
+        note(job.p, f'switched to {_model_title(job.model)}, whose cond has {length} tokens where the '
+                          f'regions expect {job.current.cond_length}: the rest of the job ran without regions')
+        job.current = None
 
 
 def denoiser_progress(params) -> float:
@@ -363,6 +432,12 @@ def cleanup():
     if job is not None:
         job.current = None
         _unhook_a1111(job)
+        for regional in {id(r): r for r in (job.regional, job.regional_hr) if r is not None}.values():
+            regional.clear_plans()  # the job is over: its masks and plans are not needed again
+    _remove_all_a1111()
+
+
+def _remove_all_a1111():
     try:
         from omost_webui import a1111
     except ImportError:  # Forge without ldm: nothing of ours can be hooked there

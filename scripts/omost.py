@@ -57,13 +57,9 @@ class Script(scripts.Script):
         generation.postprocess(p)
 
 
-def _on_model_loaded(sd_model):
-    generation.cleanup()
-
-
 settings.hide_api_key()
 script_callbacks.on_ui_settings(settings.register)
 script_callbacks.on_cfg_denoiser(generation.on_cfg_denoiser)
 script_callbacks.on_infotext_pasted(on_infotext_pasted)
-script_callbacks.on_model_loaded(_on_model_loaded)
+script_callbacks.on_model_loaded(generation.on_model_loaded)
 script_callbacks.on_script_unloaded(generation.cleanup)

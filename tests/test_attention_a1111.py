@@ -295,3 +295,29 @@ def test_hypernetworks_shape_the_regional_keys_and_values(unet, a1111_sdp_with_a
             without, _ = expected(module, xi, ci, BATCH)  # the same regions without the hypernetwork
         assert (out[:BATCH] - cond).abs().max() < 1e-5
         assert (out[:BATCH] - without).abs().max() > 1e-3
+
+
+def test_bf16_autocast_stays_within_the_hosts_own_rounding(unet):
+    """A1111 runs the UNet under devices.autocast() (torch.autocast: fp16 / bf16 on a GPU; CPU bf16 here).
+    Stated tolerance: the hooked UNet's bf16 output differs from its fp32 output by at most 1.1x what the host's
+    own (unhooked) UNet does, and by at most 2.5% of the output's largest magnitude; the regions' own effect
+    (fp32 Omost vs fp32 plain) stays more than twice that rounding error."""
+    x, context = inputs(2 * BATCH, 231, seed=11)
+
+    def run_autocast(enabled):
+        with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=enabled):
+            return unet(x, torch.full((x.shape[0],), 500.0), context=context).float()
+
+    plain32, plain16 = run_autocast(False), run_autocast(True)
+    hooks = a1111.A1111RegionalHooks(RegionalAttention(RECTS, TOKENS, None), context_kv=lambda c: (c, c))
+    hooks.install(unet)
+    hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
+    omost32 = run_autocast(False)
+    hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
+    omost16 = run_autocast(True)
+    scale = plain32.abs().max()
+    host_error = (plain16 - plain32).abs().max() / scale
+    omost_error = (omost16 - omost32).abs().max() / scale
+    assert omost_error <= 1.1 * host_error and omost_error <= 0.025, (omost_error, host_error)
+    assert (omost32[:BATCH] - plain32[:BATCH]).abs().max() / scale > 2 * omost_error
+    assert torch.equal(omost16[BATCH:], plain16[BATCH:])  # uncond rows: the host's own bf16 forward

@@ -206,6 +206,23 @@ def test_masks_are_built_once_per_layer_and_device():
     assert torch.equal(regional.layer_masks(4, 4, 'cpu'), omost_masks(rects, 4, 4))
 
 
+def test_plans_are_bool_masks_in_a_bounded_cache_and_can_be_freed(monkeypatch):
+    from lib_omost import attention
+    rects = [GLOBAL] + [(i, i + 10, 0, 90) for i in range(0, 80, 10)]
+    tokens = torch.arange(77 * len(rects)) // 77
+    regional = RegionalAttention(rects, tokens, (64, 64))
+    plan = regional.plan_for(64 * 64, tokens.numel(), 'cpu', torch.float32)
+    assert plan.attn_mask.dtype == torch.bool  # 1 byte per (pixel, token), not 4
+    assert plan.nbytes == 64 * 64 * tokens.numel() + tokens.numel() * 4
+    monkeypatch.setattr(attention, '_MAX_PLAN_BYTES', int(1.1 * plan.nbytes))
+    for pixels in (32 * 32, 16 * 16, 8 * 8):  # the coarser levels: a quarter of the size each
+        regional.plan_for(pixels, tokens.numel(), 'cpu', torch.float32)
+    assert [key[0] for key in regional._plans] == [32 * 32, 16 * 16, 8 * 8]  # the oldest, biggest one went
+    assert regional.plan_bytes <= 1.1 * plan.nbytes
+    regional.clear_plans()
+    assert regional.plan_bytes == 0 and not regional._masks
+
+
 def test_bad_token_maps_are_refused():
     with pytest.raises(ValueError, match=r'lie in \[-1, 0\]'):
         RegionalAttention([GLOBAL], [0, 1], (8, 8))

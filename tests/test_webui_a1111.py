@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from webui_helpers import DRAGON, SMALL, A1111Model, Rig, check_step_window, forward_attributes, images_equal, omost, tiny_ldm_unet
+from webui_helpers import DRAGON, SMALL, A1111Model, NoCrossAttentionUNet, Rig, check_refiner_switch, check_step_window, forward_attributes, images_equal, omost, tiny_ldm_unet
 
 
 @pytest.fixture(scope='module')
@@ -61,6 +61,17 @@ def test_regions_steer_the_real_unet_and_keep_the_users_prompt(rig, baseline):
 
 def test_step_window_counts_the_denoiser_calls_not_the_reported_step(rig):
     check_step_window(rig)
+
+
+def test_refiner_switch_inside_the_pass_keeps_the_regions(rig):
+    check_refiner_switch(rig, A1111Model(tiny_ldm_unet(seed=3)), A1111Model(NoCrossAttentionUNet()))
+
+
+def test_plans_live_for_the_job_only(rig):
+    p, _ = rig.generate(omost(DRAGON), steps=2)
+    assert Rig.steps[1]['plan_bytes'] > 0  # built in step 1, reused in step 2
+    job = p._omost_job
+    assert job.regional.plan_bytes == 0 and not job.regional._masks  # freed when the job ended
 
 
 def test_infotext_records_canvas_and_options_and_pastes_back(rig):

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from lib_omost.canvas import load_canvas
-from webui_helpers import DRAGON, ForgeModel, ForgeTinyUNet, Rig, check_step_window, images_equal, omost
+from webui_helpers import (DRAGON, ForgeModel, ForgeTinyUNet, NoCrossAttentionUNet, Rig, check_refiner_switch,
+                           check_step_window, images_equal, omost)
 
 
 @pytest.fixture(scope='module')
@@ -129,6 +130,20 @@ def test_composes_with_an_earlier_attn2_patch_and_a_later_clone(rig, baseline):
 def test_step_window_follows_the_denoiser_through_clones(rig):
     """The progress reaches the patch even after later clones of the UnetPatcher."""
     check_step_window(rig)
+
+
+def test_refiner_switch_inside_the_pass_keeps_the_regions(rig):
+    check_refiner_switch(rig, ForgeModel(ForgeTinyUNet(seed=3)), ForgeModel(NoCrossAttentionUNet()))
+
+
+def test_rows_and_steps_without_regions_run_forges_attention_function(rig):
+    """Forge picks its attention (xformers / SDPA / split / sub-quad) in backend/attention.py; whatever is not
+    regional goes through it: every row of the first step (window 0.5-1), the uncond row of the second."""
+    from backend import attention
+    attention.calls.clear()
+    rig.generate(omost(start=0.5), steps=2)
+    # one joint [uncond, cond] call per step (lengths 77 and 231 tile to 231), 3 attn2 layers per call
+    assert [rows for rows, _, _ in attention.calls] == [2, 2, 2, 1, 1, 1]
 
 
 def test_model_without_attn2_is_left_alone(rig):

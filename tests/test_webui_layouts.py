@@ -75,17 +75,24 @@ def a1111_recorder(a1111_rig, monkeypatch):
 
 @pytest.fixture
 def forge_recorder(forge_rig, monkeypatch):
+    """Every attn2 patch call counts as "no regional rows" unless it hands rows to RegionalAttention.regional."""
+    from omost_webui import forge
     rec = Recorder()
     unet = forge_rig.model.kmodel.diffusion_model
     handle = unet.register_forward_pre_hook(lambda m, args: rec.unet_call(args[2]))
-    regional = attention.RegionalAttention.regional
+    patch_call, regional = forge.RegionalAttn2Patch.__call__, attention.RegionalAttention.regional
 
-    def spy(self, q, k, v, cond_rows=None, tiled=True):
+    def spy_patch(self, q, k, v, extra_options):
+        rec.regional_rows([])
+        return patch_call(self, q, k, v, extra_options)
+
+    def spy_regional(self, q, k, v, cond_rows=None, tiled=True, **kwargs):
         rows = attention._row_selection(cond_rows, q.shape[0]) if self.active else None
-        rec.regional_rows([] if rows is None else range(q.shape[0])[rows] if isinstance(rows, slice)
-                          else rows.tolist())
-        return regional(self, q, k, v, cond_rows, tiled)
-    monkeypatch.setattr(attention.RegionalAttention, 'regional', spy)
+        rec.calls[-1][1][-1] = frozenset([] if rows is None else range(q.shape[0])[rows]
+                                         if isinstance(rows, slice) else rows.tolist())
+        return regional(self, q, k, v, cond_rows, tiled, **kwargs)
+    monkeypatch.setattr(forge.RegionalAttn2Patch, '__call__', spy_patch)
+    monkeypatch.setattr(attention.RegionalAttention, 'regional', spy_regional)
     yield rec
     handle.remove()
 

@@ -231,6 +231,54 @@ class A1111Model(_ModelBase):
         return self.get_learned_conditioning([''])
 
 
+class _SDXLConds:
+    """SDXL text conditioning as both hosts return it: {'crossattn': (B, T, C), 'vector': (B, V)} (A1111
+    sd_models_xl.get_learned_conditioning; Forge backend/diffusion_engine/sdxl.py). The tiny rig's crossattn is one
+    CLIP-like encoder (the hosts concatenate CLIP-L and CLIP-G on the channels, same tokens) and the vector is
+    zeros: the tiny UNets take no class embedding."""
+
+    def get_learned_conditioning(self, prompts):
+        from modules.prompt_parser import DictWithShape
+        crossattn = self.embedder.encode(prompts)
+        return DictWithShape({'crossattn': crossattn, 'vector': crossattn.new_zeros(crossattn.shape[0], 8)})
+
+
+def tiny_sdxl_ldm_unet(seed=0):
+    """A tiny UNet laid out like SDXL's: no attention at the first level, three levels (sgm itself is not on
+    PyPI; ldm's SpatialTransformer cannot stack blocks on one context, so one block per level: Forge's rig has
+    the deep stacks)."""
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    torch.manual_seed(seed)
+    unet = UNetModel(image_size=16, in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2, 2),
+                     num_res_blocks=1, attention_resolutions=(2, 4), use_spatial_transformer=True,
+                     transformer_depth=1, context_dim=CONTEXT_DIM, num_head_channels=16,
+                     use_linear_in_transformer=True, legacy=False)
+    with torch.no_grad():
+        for p in unet.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.05)
+    return unet.eval()
+
+
+class A1111SDXLModel(_SDXLConds, A1111Model):
+    """A1111's SDXL model: `conditioner.embedders[0]` tokenizes (FrozenCLIPEmbedderForSDXLWithCustomWords),
+    conds are dicts, apply_model passes c['crossattn'] as the UNet's context (sgm OpenAIWrapper)."""
+    is_sd1, is_sdxl = False, True
+
+    def __init__(self, unet):
+        super().__init__(unet)
+        self.conditioner = nn.Module()
+        self.conditioner.embedders = nn.ModuleList([self.embedder])
+        del self.cond_stage_model
+
+    def apply_model(self, x, t, cond):
+        return self.model.diffusion_model(x, t, context=cond['crossattn'])
+
+    @property
+    def cond_stage_model_empty_prompt(self):
+        return self.get_learned_conditioning([''])['crossattn']
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Forge: UnetPatcher, forge_objects and a UNet with Forge's attn2 patch dispatch
 
@@ -291,10 +339,9 @@ class ForgeCrossAttention(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(0.0))
 
     def attention(self, q, k, v):
-        b = q.shape[0]
-        q, k, v = (t.view(b, -1, self.heads, self.dim_head).transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v)
-        return out.transpose(1, 2).reshape(b, -1, self.heads * self.dim_head)
+        # backend/nn/unet.py CrossAttention.forward: `out = attention_function(q, k, v, self.heads, mask)`
+        from backend import attention
+        return attention.attention_function(q, k, v, self.heads)
 
     def forward(self, x, context=None, value=None, transformer_options={}):
         context = x if context is None else context
@@ -333,10 +380,10 @@ class ForgeTransformerBlock(nn.Module):
 
 
 class ForgeSpatialTransformer(nn.Module):
-    def __init__(self, dim):
+    def __init__(self, dim, depth=1):
         super().__init__()
         self.proj_in = nn.Conv2d(dim, dim, 1)
-        self.transformer_blocks = nn.ModuleList([ForgeTransformerBlock(dim)])
+        self.transformer_blocks = nn.ModuleList([ForgeTransformerBlock(dim) for _ in range(depth)])
         self.proj_out = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x, context, transformer_options):
@@ -382,6 +429,42 @@ class ForgeTinyUNet(nn.Module):
         return self.conv_out(h)
 
 
+class ForgeTinySDXLUNet(nn.Module):
+    """Forge's SDXL attn2 keys (backend/nn/unet.py, SDXL transformer_depth [0, 2, 10] / middle 10 /
+    output [10, 10, 10, 2, 2, 2]): ('input', 4) with block_index 0-1, ('input', 7), ('middle', 0) and
+    ('output', 2) with 0-9, ('output', 5) with 0-1; no attention at the first level; three levels."""
+
+    LAYOUT = (('input', 4, 2, 1), ('input', 7, 10, 2), ('middle', 0, 10, 2), ('output', 2, 10, 2),
+              ('output', 5, 2, 1))  # (block, id, depth, level)
+
+    def __init__(self, dim=32, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv_in = nn.Conv2d(4, dim, 3, padding=1)
+        self.time = nn.Linear(1, dim)
+        self.down1 = nn.Conv2d(dim, dim, 3, stride=2, padding=1)
+        self.down2 = nn.Conv2d(dim, dim, 3, stride=2, padding=1)
+        self.attn = nn.ModuleList([ForgeSpatialTransformer(dim, depth) for _, _, depth, _ in self.LAYOUT])
+        self.conv_out = nn.Conv2d(dim, 4, 3, padding=1)
+
+    def forward(self, x, timesteps, context, transformer_options):
+        to = dict(transformer_options)
+        to['original_shape'] = list(x.shape)
+        to['transformer_index'] = 0
+        h0 = self.conv_in(x) + self.time(timesteps[:, None].float() / 100.0)[:, :, None, None]
+        h1 = self.down1(h0)
+        h = {1: h1}
+        for (block, number, _, level), attn in zip(self.LAYOUT, self.attn):
+            if level == 2 and 2 not in h:
+                h[2] = self.down2(h[1])
+            to['block'] = (block, number)
+            h[level] = attn(h[level], context, to)
+            to['transformer_index'] += 1
+            if block == 'output' and level == 2:
+                h[1] = h[1] + F.interpolate(h[2], size=h[1].shape[-2:], mode='nearest')
+        return self.conv_out(h0 + F.interpolate(h[1], size=h0.shape[-2:], mode='nearest'))
+
+
 class KModel(nn.Module):
     def __init__(self, diffusion_model):
         super().__init__()
@@ -400,6 +483,17 @@ class ForgeModel(_ModelBase):
         self.forge_objects = ForgeObjects(UnetPatcher(self.kmodel), vae=self.vae)
         self.forge_objects_original = self.forge_objects.shallow_copy()
         self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
+
+
+class ForgeSDXLModel(_SDXLConds, ForgeModel):
+    """Forge's SDXL engine: `text_processing_engine_l` tokenizes (CLIP-L; _g has the same tokens), conds are
+    dicts."""
+    is_sd1, is_sdxl = False, True
+
+    def __init__(self, unet_module):
+        super().__init__(unet_module)
+        self.text_processing_engine_l = self.embedder
+        del self.text_processing_engine
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -450,10 +544,10 @@ class Rig:
         from modules import shared
         p = params.denoiser.p
         model = p.sd_model
-        info = {'hr': p.is_hr_pass, 'prompt': p.prompts[0], 'cond_len': params.text_cond.shape[1], 'emphasis': shared.opts.emphasis,
+        info = {'model': model, 'hr': p.is_hr_pass, 'prompt': p.prompts[0], 'cond_len': params.text_cond.shape[1], 'emphasis': shared.opts.emphasis,
                 'denoise': p.denoising_strength, 'total': params.total_sampling_steps}
         if hasattr(model, 'forge_objects'):
-            options = params.denoiser.sampler.unet_patcher.model_options['transformer_options']
+            options = model.forge_objects.unet.model_options['transformer_options']  # what this step runs
             info['patched'] = len(options.get('patches_replace', {}).get('attn2', {}))
         else:
             info['hooked'] = len(forward_attributes(model.model.diffusion_model))
@@ -462,6 +556,7 @@ class Rig:
         info['latent_size'] = getattr(current, 'latent_size', None)
         info['progress'] = getattr(current, 'progress', None)  # Omost's callback ran before this probe
         info['regional'] = getattr(current, 'active', None)
+        info['plan_bytes'] = getattr(current, 'plan_bytes', None)  # plans of the earlier steps of this pass
         info['sampling_step'] = params.sampling_step
         Rig.steps.append(info)
 
@@ -521,3 +616,40 @@ def check_step_window(rig):
     assert [s['regional'] for s in Rig.steps] == [True, True, False]
     results = (full, plain, late, early)
     assert not any(images_equal(a, b) for i, a in enumerate(results) for b in results[i + 1:])
+
+
+class NoCrossAttentionUNet(nn.Module):
+    """A denoiser without attn2 (what Flux / SD3 are to the extension)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x, timesteps=None, context=None, transformer_options=None):
+        return self.conv(x)
+
+
+def check_refiner_switch(rig, refiner, plain_refiner):
+    """Both hosts load the refiner inside the sampling pass (sd_samplers_common.apply_refiner): the regions
+    continue on it (a later window still changes the image), the infotext and console say so; a refiner that
+    cannot take regions is named in the infotext; no hook is left on either model."""
+    from modules import sd_models
+    sd_models.CheckpointInfo('base', rig.model)
+    switch = dict(steps=4, refiner_checkpoint_info=sd_models.CheckpointInfo('refiner', refiner),
+                  refiner_switch_at=0.5)
+    p, full = rig.generate(omost(), **switch)
+    assert [s['model'] for s in Rig.steps] == [rig.model] * 2 + [refiner] * 2
+    assert all(s['regional'] for s in Rig.steps)
+    if hasattr(refiner, 'forge_objects'):
+        assert all(s['patched'] for s in Rig.steps)
+    else:
+        assert all(s['hooked'] for s in Rig.steps)
+        assert forward_attributes(refiner.model.diffusion_model) == []
+        assert forward_attributes(rig.model.model.diffusion_model) == []
+    assert 'Omost notes: regions continued on refiner' in full.info
+    _, early = rig.generate(omost(end=0.5), **switch)  # regions on the base model only
+    assert not images_equal(full, early)
+    switch['refiner_checkpoint_info'] = sd_models.CheckpointInfo('flux-like', plain_refiner)
+    _, res = rig.generate(omost(), **switch)
+    assert [s['regional'] for s in Rig.steps] == [True, True, None, None]
+    assert 'switched to flux-like, which has no cross-attention' in res.info and 'Omost notes: ' in res.info

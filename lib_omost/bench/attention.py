@@ -182,8 +182,7 @@ def attention_row(pixels, heads, d, chunks, device, dtype, warm=('plain', 'ours'
     for name in warm:
         fns[name]()
     plan = regional.plan_for(pixels, tokens.numel(), q.device, q.dtype)
-    plan_mb = (plan.attn_mask.numel() * plan.attn_mask.element_size()
-               + plan.key_scale.numel() * plan.key_scale.element_size()) / 2 ** 20
+    plan_mb = plan.nbytes / 2 ** 20
     return fns, plan_mb
 
 

@@ -21,7 +21,8 @@ class StableDiffusionProcessing:
     def __init__(self, sd_model, prompt='', negative_prompt='', seed=1, steps=3, cfg_scale=7.0, width=64,
                  height=64, batch_size=1, n_iter=1, denoising_strength=0.75, override_settings=None,
                  override_settings_restore_afterwards=True, scripts=None, script_args=(), **kwargs):
-        self.sd_model = sd_model
+        shared.sd_model = sd_model  # the WebUI's loaded model; p.sd_model reads it (see the property)
+        self.refiner_checkpoint_info = self.refiner_switch_at = None
         self.prompt, self.negative_prompt = prompt, negative_prompt
         self.seed, self.steps, self.cfg_scale = seed, steps, cfg_scale
         self.width, self.height = width, height
@@ -37,6 +38,22 @@ class StableDiffusionProcessing:
         self.modified_noise = None
         for key, value in kwargs.items():
             setattr(self, key, value)
+
+    @property
+    def sd_model(self):
+        """modules/processing.py StableDiffusionProcessing.sd_model (both hosts): always `shared.sd_model`, so after
+        a refiner switch or a hires checkpoint p.sd_model is the new model."""
+        return shared.sd_model
+
+    @sd_model.setter
+    def sd_model(self, value):
+        pass
+
+    def get_conds(self):
+        """modules/processing.py get_conds: the hires pass's conds during the hires pass."""
+        if self.is_hr_pass:
+            return self.hr_c, self.hr_uc
+        return self.c, self.uc
 
     def close(self):
         self.sampler = None

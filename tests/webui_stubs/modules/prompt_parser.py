@@ -33,7 +33,12 @@ def get_multicond_learned_conditioning(model, prompts):
     """prompt_parser.get_multicond_learned_conditioning: the distinct subprompts encoded in one call."""
     lists = get_multicond_prompt_list(prompts)
     texts = list(dict.fromkeys(text for subs in lists for text, _ in subs))
-    encoded = dict(zip(texts, model.get_learned_conditioning(texts)))
+    conds = model.get_learned_conditioning(texts)
+    if isinstance(conds, dict):  # SDXL: one {'crossattn', 'vector'} per text
+        rows = [{k: v[i] for k, v in conds.items()} for i in range(len(texts))]
+    else:
+        rows = list(conds)
+    encoded = dict(zip(texts, rows))
     return MulticondLearnedConditioning(len(prompts), [[(w, encoded[t]) for t, w in subs] for subs in lists])
 
 
@@ -44,6 +49,18 @@ def stack_conds(tensors):
     return torch.stack(tensors)
 
 
+class DictWithShape(dict):
+    """prompt_parser.DictWithShape: an SDXL cond {'crossattn': (B, T, C), 'vector': (B, V)} with `.shape`."""
+
+    def __init__(self, x, shape=None):
+        super().__init__()
+        self.update(x)
+
+    @property
+    def shape(self):
+        return self['crossattn'].shape
+
+
 def reconstruct_multicond_batch(c, current_step):
     tensors, conds_list = [], []
     for composable in c.batch:
@@ -52,4 +69,6 @@ def reconstruct_multicond_batch(c, current_step):
             conds_for_batch.append((len(tensors), weight))
             tensors.append(cond)
         conds_list.append(conds_for_batch)
+    if isinstance(tensors[0], dict):
+        return conds_list, DictWithShape({k: stack_conds([x[k] for x in tensors]) for k in tensors[0]})
     return conds_list, stack_conds(tensors)

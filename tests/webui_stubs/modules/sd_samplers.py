@@ -23,8 +23,27 @@ def _timesteps(sigma):
 
 
 def _cat(conds):
-    """modules/sd_samplers_cfg_denoiser.py catenate_conds."""
-    return torch.cat(conds)
+    """modules/sd_samplers_cfg_denoiser.py catenate_conds (SDXL conds are dicts)."""
+    if not isinstance(conds[0], dict):
+        return torch.cat(conds)
+    return {key: torch.cat([x[key] for x in conds]) for key in conds[0].keys()}
+
+
+def _sub(cond, a, b):
+    """sd_samplers_cfg_denoiser.subscript_cond."""
+    if not isinstance(cond, dict):
+        return cond[a:b]
+    return {key: vec[a:b] for key, vec in cond.items()}
+
+
+def _crossattn(cond):
+    return cond['crossattn'] if isinstance(cond, dict) else cond
+
+
+def _with_crossattn(cond, tensor):
+    if isinstance(cond, dict):
+        return prompt_parser.DictWithShape({**cond, 'crossattn': tensor})
+    return tensor
 
 
 class A1111CFGDenoiser:
@@ -35,15 +54,27 @@ class A1111CFGDenoiser:
         self.steps = self.total_steps = None
         self.image_cfg_scale = None  # KDiffusionSampler.initialize: getattr(p, 'image_cfg_scale', None)
 
+    def update_inner_model(self):
+        """CFGDenoiser.update_inner_model: the sampler's conds from the (new) model."""
+        c, uc = self.p.get_conds()
+        self.sampler.sampler_extra_args['cond'] = c
+        self.sampler.sampler_extra_args['uncond'] = uc
+
+    def refiner(self, cond, uncond):
+        """The first lines of CFGDenoiser.forward (both hosts)."""
+        if shared.state.interrupted or shared.state.skipped:
+            raise sd_samplers_common.InterruptedException
+        if sd_samplers_common.apply_refiner(self):
+            return self.sampler.sampler_extra_args['cond'], self.sampler.sampler_extra_args['uncond']
+        return cond, uncond
+
     def inner(self, x, sigma, context):
         c_in = 1.0 / torch.sqrt(sigma ** 2 + 1.0)
         eps = self.p.sd_model.apply_model(x * c_in[:, None, None, None], _timesteps(sigma), context)
         return x - eps * sigma[:, None, None, None]
 
     def callbacks(self, x, sigma, uncond, cond):
-        """Interrupt check and on_cfg_denoiser; the callbacks may replace x, sigma, text_cond and text_uncond."""
-        if shared.state.interrupted or shared.state.skipped:
-            raise sd_samplers_common.InterruptedException
+        """on_cfg_denoiser; the callbacks may replace x, sigma, text_cond and text_uncond."""
         params = script_callbacks.CFGDenoiserParams(x, None, sigma, shared.state.sampling_step,
                                                     shared.state.sampling_steps, cond, uncond, self)
         script_callbacks.cfg_denoiser_callback(params)
@@ -53,24 +84,30 @@ class A1111CFGDenoiser:
         """CFGDenoiser.pad_cond_uncond: the shorter one gets empty-prompt chunks appended."""
         empty = self.p.sd_model.cond_stage_model_empty_prompt
         num_repeats = (cond.shape[1] - uncond.shape[1]) // empty.shape[1]
+
+        def pad(c, repeats):  # pad_cond: on 'crossattn' for SDXL dicts
+            t = _crossattn(c)
+            return _with_crossattn(c, torch.cat([t, empty.repeat((t.shape[0], repeats, 1))], axis=1))
         if num_repeats < 0:
-            cond = torch.cat([cond, empty.repeat((cond.shape[0], -num_repeats, 1))], axis=1)
+            cond = pad(cond, -num_repeats)
         elif num_repeats > 0:
-            uncond = torch.cat([uncond, empty.repeat((uncond.shape[0], num_repeats, 1))], axis=1)
+            uncond = pad(uncond, num_repeats)
         return cond, uncond
 
     @staticmethod
     def pad_cond_uncond_v0(cond, uncond):
         """CFGDenoiser.pad_cond_uncond_v0: uncond's last vector repeated, or uncond truncated, to cond's length."""
-        if uncond.shape[1] < cond.shape[1]:
-            uncond = torch.hstack([uncond, uncond[:, -1:].repeat([1, cond.shape[1] - uncond.shape[1], 1])])
-        elif uncond.shape[1] > cond.shape[1]:
-            uncond = uncond[:, :cond.shape[1]]
-        return cond, uncond
+        vec = _crossattn(uncond)
+        if vec.shape[1] < cond.shape[1]:
+            vec = torch.hstack([vec, vec[:, -1:].repeat([1, cond.shape[1] - vec.shape[1], 1])])
+        elif vec.shape[1] > cond.shape[1]:
+            vec = vec[:, :cond.shape[1]]
+        return cond, _with_crossattn(uncond, vec)
 
     def forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond=0.0):
         """The row layout of A1111 1.10's modules/sd_samplers_cfg_denoiser.py CFGDenoiser.forward, line for line
         (its image_cond / c_concat and mask blending left out: the tiny UNet takes no extra channels)."""
+        cond, uncond = self.refiner(cond, uncond)
         opts = shared.opts
         is_edit_model = getattr(self.p.sd_model, 'cond_stage_key', None) == 'edit' \
             and self.image_cfg_scale is not None and self.image_cfg_scale != 1.0
@@ -109,13 +146,13 @@ class A1111CFGDenoiser:
                 x_out = torch.zeros_like(x_in)
                 for a in range(0, x_out.shape[0], batch_size):
                     b = a + batch_size
-                    x_out[a:b] = self.inner(x_in[a:b], sigma_in[a:b], cond_in[a:b])
+                    x_out[a:b] = self.inner(x_in[a:b], sigma_in[a:b], _sub(cond_in, a, b))
         else:
             x_out = torch.zeros_like(x_in)
             batch_size = batch_size * 2 if opts.batch_cond_uncond else batch_size
             for a in range(0, tensor.shape[0], batch_size):
                 b = min(a + batch_size, tensor.shape[0])
-                x_out[a:b] = self.inner(x_in[a:b], sigma_in[a:b], tensor[a:b])
+                x_out[a:b] = self.inner(x_in[a:b], sigma_in[a:b], _sub(tensor, a, b))
             if not skip_uncond:
                 x_out[-uncond.shape[0]:] = self.inner(x_in[-uncond.shape[0]:], sigma_in[-uncond.shape[0]:], uncond)
         denoised_image_indexes = [c[0][0] for c in conds_list]
@@ -141,7 +178,10 @@ class ForgeCFGDenoiser(A1111CFGDenoiser):
     memory_per_row = 1.0        # the UNet's memory_required(input_shape) per batch row
 
     def unet_call(self, x, sigma, context, cond_or_uncond):
-        unet = self.sampler.unet_patcher
+        # backend/sampling/sampling_function.py sampling_function: the UnetPatcher is read at every call from
+        # `self.inner_model.inner_model.forge_objects.unet`, the inner model being shared.sd_model
+        # (CFGDenoiserKDiffusion.inner_model)
+        unet = self.sampler.unet_patcher = shared.sd_model.forge_objects.unet
         b = x.shape[0] // len(cond_or_uncond)
         options = dict(unet.model_options.get('transformer_options', {}))
         options['cond_or_uncond'] = list(cond_or_uncond)
@@ -164,7 +204,7 @@ class ForgeCFGDenoiser(A1111CFGDenoiser):
         """backend/sampling/sampling_function.py calc_cond_uncond_batch: to_run = [(cond, COND), (uncond, UNCOND)]
         (uncond left out when it is None); concatenable items are taken in reverse order, as many as fit in
         free memory (halving until they do), each context tiled to the LCM length (ConditionCrossAttn.concat)."""
-        to_run = [(cond, 0)] + ([(uncond, 1)] if uncond is not None else [])
+        to_run = [(_crossattn(cond), 0)] + ([(_crossattn(uncond), 1)] if uncond is not None else [])
         out = {}
         while to_run:
             first = to_run[0][0]
@@ -191,6 +231,7 @@ class ForgeCFGDenoiser(A1111CFGDenoiser):
         """modules/sd_samplers_cfg_denoiser.py (Forge) CFGDenoiser.forward -> sampling_function: the callback
         gets the unpadded conds; skip-early-CFG / NGMS set cond_scale 1; sampling_function_inner drops the
         uncond at cond_scale 1 (the cfg1 optimisation)."""
+        cond, uncond = self.refiner(cond, uncond)
         _, cond = prompt_parser.reconstruct_multicond_batch(cond, self.step)
         params = self.callbacks(x, sigma, uncond, cond)
         opts = shared.opts
@@ -236,6 +277,7 @@ class Sampler:
 
     def launch_sampling(self, p, x, sigmas, cond, uncond):
         self.model_wrap_cfg.p = p
+        self.sampler_extra_args = {'cond': cond, 'uncond': uncond}
         self.model_wrap_cfg.image_cfg_scale = getattr(p, 'image_cfg_scale', None)  # KDiffusionSampler.initialize
         if self.forge:
             self.unet_patcher = p.sd_model.forge_objects.unet

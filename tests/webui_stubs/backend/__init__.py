@@ -1,0 +1,1 @@
+"""Fake of Forge's `backend` package: only what the extension reads (see ../README.md)."""

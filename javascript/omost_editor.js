@@ -642,8 +642,8 @@
         this.mount.classList.toggle('omost-ed-has-canvas', has);
         var maxH = 480, w = this.stage.parentNode.clientWidth || 480;
         var width = Math.min(w, maxH * this.width / this.height);
-        this.stage.style.width = width + 'px';
-        this.stage.style.height = (width * this.height / this.width) + 'px';
+        this.stage.style.width = (has ? width : w) + 'px';
+        this.stage.style.height = (has ? width * this.height / this.width : 64) + 'px';  // no canvas: one line
         this.empty.style.display = has ? 'none' : 'flex';
         this.layer.textContent = '';
         Object.keys(this.buttons).forEach(function (k) {

@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser('bench', help='benchmarks that print ratios side by side')
-    p.add_argument('what', choices=['canvas', 'attention', 'llm', 'host'])
+    p.add_argument('what', choices=['canvas', 'attention', 'llm', 'host', 'live'])
     p.add_argument('--quick', action='store_true', help='fewer shapes and repeats')
     p.add_argument('--url', help='host: the running WebUI, e.g. http://127.0.0.1:7860')
     p.add_argument('--pid', type=int, help='host: the WebUI process (CPU time and peak memory)')
@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--repeats', type=int, help='host: timed runs of each kind (default 3)')
     p.add_argument('--canvas', help='host: the canvas file (default: the dragon battle transcript)')
     p.add_argument('--json', help='host: also write the figures here')
+    p.add_argument('--rate', type=float, help='live: tokens per second the loopback server streams (default 50)')
     p.set_defaults(func=cmd_bench)
     return parser
 

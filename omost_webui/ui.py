@@ -63,10 +63,11 @@ class ChatSession:
 # Status lines (HTML: server errors and canvas messages are untrusted text, so everything is escaped)
 
 
-def status_html(text: str = '', kind: str = 'info') -> str:
+def status_html(text: str = '', kind: str = 'info', extra_class: str = '') -> str:
     if not text:
         return ''
-    return f'<div class="omost-status omost-{kind}">{html.escape(text)}</div>'
+    classes = f'omost-status omost-{kind}' + (f' {extra_class}' if extra_class else '')
+    return f'<div class="{classes}">{html.escape(text)}</div>'
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -149,10 +150,10 @@ def enabled_html(enabled, canvas_text='') -> str:
     if enabled:
         return status_html('Omost is ON: Generate uses the canvas regions.' if has_canvas else
                            'Omost is ON, but there is no canvas yet: chat or paste one before Generate.',
-                           'ok' if has_canvas else 'warning').replace('omost-status', 'omost-status omost-onoff omost-on', 1)
+                           'ok' if has_canvas else 'warning', 'omost-onoff omost-on')
     return status_html('Omost is OFF: Generate ignores this canvas and renders a plain image. Tick "Omost" in the '
                        'header to use it.' if has_canvas else 'Omost is OFF (tick "Omost" in the header to use it).',
-                       'warning' if has_canvas else 'info').replace('omost-status', 'omost-status omost-onoff omost-off', 1)
+                       'warning' if has_canvas else 'info', 'omost-onoff omost-off')
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -331,8 +332,7 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
                 now = time.monotonic()
                 if live_pending and now >= live_due:  # a few updates a second, never one per token
                     canvas_now, live_pending, live_due = live.code, False, now + LIVE_INTERVAL_S
-            regions = (f'{len(live.result.canvas.local_regions)} regions so far...'
-                       if live is not None and live.result is not None else '')
+            regions = _so_far(live.result.canvas) if live is not None and live.result is not None else ''
             text = ' '.join(filter(None, [continuing, upd.notice, regions]))
             status = status_html(text) if text and text != shown_status else keep
             shown_status = text or shown_status
@@ -369,6 +369,20 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
     except CanvasError:
         pass  # the engine's notice already says the reply has no canvas
     yield history, keep, canvas, status_html(_finished_status(upd, continuing), 'ok')
+
+
+def _so_far(canvas) -> str:
+    n = len(canvas.local_regions)
+    return f'{n} region{"s" if n != 1 else ""} so far...' if n else 'The background so far...'
+
+
+def chat_with_editor(mode, session, *args, image_size=(), **kwargs):
+    """`chat_stream`'s updates plus the region editor's state and status whenever the canvas text changes: a
+    streaming reply draws its regions as they come (gradio 3 drops the code box's change events meanwhile)."""
+    for step in chat_stream(mode, session, *args, **kwargs):
+        code = step[2]
+        shown = editor_state(session, code, *image_size)[:2] if isinstance(code, str) else (gr.update(), gr.update())
+        yield (*step, *shown)
 
 
 def _unanswered(conv, mode) -> list:
@@ -578,21 +592,16 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
     # Chat
     saved_api_key = (settings.get('api_key') or '', settings.get('server_url') or '')
 
-    # After the chat's own inputs: the code box (the model continues from an edited canvas) and the image size.
-    # Besides the chat's outputs, the editor state and status: a streaming reply draws its regions as they come
-    # (gradio 3 drops the code box's change events while a reply streams).
+    # After the chat's own inputs: the code box (the model continues from an edited canvas) and the image size;
+    # after its outputs, the editor state and status (`chat_with_editor`).
     chat_extra = [canvas_text] + size
 
     def chat(mode):
         def run(*args):
             args, (canvas, *image_size) = args[:-len(chat_extra)], args[-len(chat_extra):]
-            for step in chat_stream(mode, *args, models_dir=settings.get('models_dir') or '',
-                                    system_prompt=settings.get('system_prompt') or '', cache=_chat_cache(settings),
-                                    saved_api_key=saved_api_key, canvas_text=canvas):
-                code = step[2]
-                shown = (editor_state(args[0], code, *image_size)[:2] if isinstance(code, str) else
-                         (gr.update(), gr.update()))
-                yield (*step, *shown)
+            yield from chat_with_editor(mode, *args, models_dir=settings.get('models_dir') or '',
+                                        system_prompt=settings.get('system_prompt') or '', cache=_chat_cache(settings),
+                                        saved_api_key=saved_api_key, canvas_text=canvas, image_size=image_size)
         return run
 
     chat_inputs = [c['session'], c['message'], c['backend'], c['server_url'], c['server_model'], c['api_key'],

@@ -393,6 +393,14 @@ def test_drag_resize_nudge_reorder_recolour_add_delete_undo_redo(page):
     loc, off = layout.nudge(regions[i]['location'], regions[i]['offset'], 0, -1)
     regions[i].update(location=loc, offset=off)
     wait_code(page, model)
+    # Shift+arrow: resize by moving the right edge one step (10 grid units), then snap
+    top, bottom, left, right = omost_rect(regions[i]['location'], regions[i]['offset'], regions[i]['area'])
+    wider = layout.snap_resize((top, bottom, left, min(90, right + 10)), width, height)
+    assert omost_rect(*wider) != (top, bottom, left, right)
+    page.focus(f'{T}editor .omost-ed-stage')
+    page.keyboard.press('Shift+ArrowRight')
+    regions[i].update(location=wider[0], offset=wider[1], area=wider[2])
+    wait_code(page, model)
 
     # send back one place: it swaps order and distance_to_viewer with the region behind it
     page.click(f'{T}editor .omost-ed-back')

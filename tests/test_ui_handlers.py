@@ -271,7 +271,8 @@ def test_the_canvas_follows_a_streaming_reply():
     live = [(canvas, status) for chat, box, canvas, status in steps[1:-1] if isinstance(canvas, str)]
     counts = [len(load_canvas(canvas).canvas.local_regions) for canvas, _ in live]
     assert counts == sorted(counts) and counts[0] < 4 and len(set(counts)) >= 3, counts
-    assert any('regions so far' in status for _, status in live if isinstance(status, str))
+    statuses = [status for chat, box, canvas, status in steps if isinstance(status, str)]
+    assert any('The background so far' in s for s in statuses) and any('3 regions so far' in s for s in statuses)
     assert steps[-1][2] == extract_code(REPLY)
 
 

@@ -22,7 +22,7 @@ def test_hires_fix(webui, job, canvas, host):
     both = webui.txt2img(job(**_hires(host), alwayson_scripts=omost_args(canvas))).ok()
     first_only = webui.txt2img(job(**_hires(host), alwayson_scripts=omost_args(canvas, {'hires': False}))).ok()
     assert len({plain.pixels[0], both.pixels[0], first_only.pixels[0]}) == 3  # the hires pass got regions too
-    assert 'Hires upscale: 2' in both.infotexts[0] and 'Omost: True' in both.infotexts[0]
+    assert 'Hires upscale: 2' in both.infotexts[0] and 'Omost: "' in both.infotexts[0]
     assert '"hires":false' in first_only.infotexts[0].replace(' ', '').replace('\\', '')
 
 
@@ -31,7 +31,7 @@ def test_batch_2_by_2(webui, job, canvas):
     res = webui.txt2img(job(batch_size=2, n_iter=2, alwayson_scripts=omost_args(canvas))).ok()
     assert len(res.pixels) == len(plain.pixels) == 4
     assert len(set(res.pixels)) == 4 and all(a != b for a, b in zip(res.pixels, plain.pixels))
-    assert len(res.infotexts) == 4 and all('Omost: True' in info for info in res.infotexts)
+    assert len(res.infotexts) == 4 and all('Omost: "' in info for info in res.infotexts)
     assert 'Omost notes' not in res.infotexts[0]  # every row of every batch had the regions
 
 
@@ -50,7 +50,7 @@ def test_img2img(webui, job, canvas):
     res = webui.img2img(job(**payload, alwayson_scripts=omost_args(canvas))).ok()
     again = webui.img2img(job(**payload)).ok()
     assert res.pixels != plain.pixels and again.pixels == plain.pixels
-    assert 'Omost: True' in res.infotexts[0]
+    assert 'Omost: "' in res.infotexts[0]
 
 
 def test_sketch_start(webui, job, canvas):
@@ -97,7 +97,7 @@ def test_controlnet(webui, job, canvas, host, sdxl):
     both = webui.txt2img(job(alwayson_scripts={**cn, **omost_args(canvas)})).ok()
     plain = webui.txt2img(job()).ok()
     assert len({cn_alone.pixels[0], omost_alone.pixels[0], both.pixels[0], plain.pixels[0]}) == 4
-    assert 'ControlNet' in both.infotexts[0] and 'Omost: True' in both.infotexts[0]
+    assert 'ControlNet' in both.infotexts[0] and 'Omost: "' in both.infotexts[0]
     assert 'ControlNet' in cn_alone.infotexts[0]
 
 
@@ -124,4 +124,4 @@ def test_interrupt_then_an_identical_baseline(webui, job, canvas):
     after = webui.txt2img(job()).ok()
     assert after.pixels == before.pixels  # nothing of the interrupted job stayed behind
     again = webui.txt2img(job(alwayson_scripts=omost_args(canvas))).ok()
-    assert again.pixels != before.pixels and 'Omost: True' in again.infotexts[0]
+    assert again.pixels != before.pixels and 'Omost: "' in again.infotexts[0]

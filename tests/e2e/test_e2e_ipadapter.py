@@ -95,4 +95,4 @@ def test_regions_and_image_prompt_together(webui, job, canvas, host, sdxl):
     assert len({plain.pixels[0], ip_alone.pixels[0], omost_alone.pixels[0], both.pixels[0]}) == 4
     assert again.pixels == plain.pixels  # nothing of either extension outlives its job
     info = both.infotexts[0]
-    assert 'Omost: True' in info and 'ControlNet' in info and 'Omost notes' not in info
+    assert 'Omost: "' in info and 'ControlNet' in info and 'Omost notes' not in info

@@ -39,7 +39,7 @@ def test_tiles_get_no_regions_and_say_so(webui, job, canvas, host, sdxl):
               pixels={k: r.pixels[0] for k, r in runs.items()}, seconds={k: r.seconds for k, r in runs.items()},
               infotext_tiled=tiled_regions.infotexts[0])
     info = tiled_regions.infotexts[0]
-    assert 'multidiffusion_enabled: True' in info and 'Omost: True' in info
+    assert 'multidiffusion_enabled: True' in info and 'Omost: "' in info
     assert 'Omost notes' in info and 'tiled diffusion is on' in info
     assert tiled_regions.pixels == tiled_bags.pixels  # no region was drawn into any tile
     assert tiled_regions.pixels != regions.pixels

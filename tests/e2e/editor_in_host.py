@@ -1,0 +1,181 @@
+"""The region editor in a real WebUI (A1111 1.10.1 or Forge), in Chromium: chat with a fake LLM, watch the regions
+arrive, edit them, generate, then PNG Info -> Send to txt2img -> generate again. Screenshots and a JSON summary go
+to OUT. Run it inside /work/hosts/with_host.sh (it reads OMOST_E2E_URL and OMOST_E2E_HOST):
+
+    /work/hosts/with_host.sh forge . -- .venv/bin/python tests/e2e/editor_in_host.py /work/hosts/evidence/editor
+
+Not a pytest test (it drives the shared host's browser UI for a minute and writes evidence files).
+"""
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'tests'))
+
+from PIL import Image  # noqa: E402
+
+from lib_omost import layout  # noqa: E402
+from lib_omost.canvas import load_canvas  # noqa: E402
+from ui_helpers import CHROMIUM, CHROMIUM_ARGS, free_port  # noqa: E402
+
+URL = os.environ['OMOST_E2E_URL'].rstrip('/')
+HOST = os.environ.get('OMOST_E2E_HOST', 'host')
+OUT = sys.argv[1] if len(sys.argv) > 1 else '/work/hosts/evidence/editor'
+P = '#txt2img_script_omost_omost_'  # Script.elem_id: {tab}_script_{title}_{name}
+FAKE_LLM = '/work/shared/harness/tools/fake_llm.py'
+WAIT = 120_000
+
+
+def shot(page, name, selector=None):
+    path = os.path.join(OUT, f'{HOST}_{name}.png')
+    (page.locator(selector).first.screenshot(path=path) if selector else page.screenshot(path=path))
+    print('screenshot', path)
+
+
+def pixels(png: bytes) -> str:
+    return hashlib.sha256(Image.open(io.BytesIO(png)).convert('RGB').tobytes()).hexdigest()
+
+
+def field(page, elem_id):
+    return page.locator(f'#{elem_id} textarea, #{elem_id} input').first
+
+
+def last_image(page, before):
+    """Bytes of the newest gallery image (a new src than `before`), fetched the way the browser does."""
+    sel = '#txt2img_gallery img'
+    page.wait_for_function('([sel, before]) => { const i = document.querySelector(sel); return i && i.src &&'
+                           ' i.src !== before; }', arg=[sel, before or ''], timeout=WAIT)
+    src = page.locator(sel).first.get_attribute('src')
+    return src, page.request.get(src).body()
+
+
+def generate(page, before):
+    page.click('#txt2img_generate')
+    return last_image(page, before)
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    from playwright.sync_api import sync_playwright
+    port = free_port()
+    llm = subprocess.Popen([sys.executable, FAKE_LLM, '--canvas', os.path.join(ROOT, 'tests', 'fixtures',
+                                                                              'dragon_battle.canvas.py'),
+                            '--port', str(port), '--chunks', '40', '--seconds', '8'],
+                           stdout=subprocess.DEVNULL, stderr=open(os.path.join(OUT, f'{HOST}_fake_llm.log'), 'w'))
+    summary = {'host': HOST}
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={'width': 1600, 'height': 1300})
+            errors = []
+            page.on('pageerror', lambda e: errors.append(str(e)))
+            page.goto(URL)
+            page.wait_for_selector('#txt2img_prompt textarea', timeout=WAIT)
+            field(page, 'txt2img_prompt').fill('a photo')
+            for name, value in (('steps', 2), ('width', 64), ('height', 64)):
+                box = page.locator(f'#txt2img_{name} input[type=number]').first
+                box.fill(str(value))
+                box.press('Tab')
+            page.locator(f'{P}omost .label-wrap, #txt2img_script_omost_omost .label-wrap').first.click()
+            page.wait_for_selector(f'{P}editor .omost-ed-stage', timeout=WAIT)
+            page.locator(f'{P}llm_settings .label-wrap').first.click()
+            field(page, 'txt2img_script_omost_omost_server_url').fill(f'http://127.0.0.1:{port}/v1')
+            page.locator(f'{P}llm_settings .label-wrap').first.click()
+            page.locator(f'{P}editor').scroll_into_view_if_needed()
+            shot(page, 'empty', f'#txt2img_script_omost_omost')
+
+            message = field(page, 'txt2img_script_omost_omost_input')
+            message.fill('generate an image of the fierce battle of warriors and a dragon')
+            message.press('Enter')
+            page.wait_for_function('sel => document.querySelectorAll(sel).length >= 2',
+                                   arg=f'{P}editor .omost-ed-box', timeout=WAIT)
+            summary['live_status'] = page.inner_text(f'{P}chat_status')
+            shot(page, 'live', f'#txt2img_script_omost_omost')
+            page.wait_for_function('sel => document.querySelector(sel).innerText.includes("tokens/s")',
+                                   arg=f'{P}chat_status', timeout=WAIT)
+            page.wait_for_function('sel => document.querySelectorAll(sel).length === 4',
+                                   arg=f'{P}editor .omost-ed-box', timeout=WAIT)
+            summary['chat_status'] = page.inner_text(f'{P}chat_status')
+            summary['on_off'] = page.inner_text(f'{P}onoff')
+
+            # edit: drag the nearest region two steps right, recolour it, send it back one place
+            state = json.loads(page.evaluate('sel => document.querySelector(sel).value',
+                                             f'{P}editor_state textarea, {P}editor_state input'))
+            model = state['canvas']
+            region = model['regions'][-1]
+            page.locator(f'{P}editor .omost-ed-stage').scroll_into_view_if_needed()
+            stage = page.locator(f'{P}editor .omost-ed-stage').bounding_box()
+            r = page.locator(f'{P}editor .omost-ed-box[data-index="3"]').bounding_box()
+            start = (r['x'] + r['width'] / 2, r['y'] + r['height'] / 2)
+            page.mouse.move(*start)
+            page.mouse.down()
+            for k in range(1, 6):
+                page.mouse.move(start[0] - 20 * stage['width'] / 90 * k / 5, start[1] - 20 * stage['height'] / 90 * k / 5)
+            summary['phrase_while_dragging'] = page.inner_text(f'{P}editor .omost-ed-phrase')
+            shot(page, 'dragging', f'{P}editor')
+            page.mouse.up()
+            cx, cy = layout.centre(region['location'], region['offset'])
+            region['location'], region['offset'] = layout.snap_move(cx - 20, cy - 20)
+            page.wait_for_timeout(800)
+            page.select_option(f'{P}editor select[data-field="HTML_web_color_name"]', 'crimson')
+            region['HTML_web_color_name'] = 'crimson'
+            page.wait_for_timeout(800)
+            page.locator(f'{P}canvas_accordion .label-wrap').first.click()
+            page.wait_for_timeout(800)
+            edited = load_canvas(model).canvas
+            state = json.loads(page.evaluate('sel => document.querySelector(sel).value',
+                                             f'{P}editor_state textarea, {P}editor_state input'))
+            summary['editor_matches_expected_edit'] = load_canvas(state['canvas']).canvas == edited
+            page.locator(f'#txt2img_script_omost_omost').scroll_into_view_if_needed()
+            shot(page, 'edited', f'#txt2img_script_omost_omost')
+            shot(page, 'edited_page')
+
+            src, first = generate(page, None)
+            info = Image.open(io.BytesIO(first)).info.get('parameters', '')
+            summary['infotext'] = info
+            summary['infotext_chars'] = len(info)
+            canvas_value = info.split('Omost canvas: ')[1].split(',')[0] if 'Omost canvas: ' in info else ''
+            summary['infotext_canvas_is_edited_canvas'] = bool(canvas_value) and \
+                load_canvas(canvas_value).canvas == edited
+            summary['first_pixels'] = pixels(first)
+            shot(page, 'generated')
+
+            # PNG Info -> Send to txt2img -> Generate: the same canvas and the same pixels
+            page.locator('button', has_text='PNG Info').first.click()
+            page.locator('#pnginfo_image input[type=file]').set_input_files(
+                files=[{'name': 'edited.png', 'mimeType': 'image/png', 'buffer': first}])
+            page.wait_for_function('() => document.querySelector("#tab_pnginfo").innerText.includes("Omost canvas")',
+                                   timeout=WAIT)
+            shot(page, 'pnginfo')
+            page.locator('#tab_pnginfo #txt2img_tab').first.click()
+            page.wait_for_timeout(3000)
+            state = json.loads(page.evaluate('sel => document.querySelector(sel).value',
+                                             f'{P}editor_state textarea, {P}editor_state input'))
+            summary['pasted_canvas_is_edited_canvas'] = state['canvas'] is not None and \
+                load_canvas(state['canvas']).canvas == edited
+            summary['pasted_enabled'] = page.locator('#txt2img_script_omost_omost-checkbox input').first \
+                .is_checked()
+            _, second = generate(page, src)
+            summary['second_pixels'] = pixels(second)
+            summary['same_pixels'] = summary['first_pixels'] == summary['second_pixels']
+            summary['page_errors'] = errors
+            page.locator(f'#txt2img_script_omost_omost').scroll_into_view_if_needed()
+            shot(page, 'after_paste', f'#txt2img_script_omost_omost')
+            browser.close()
+    finally:
+        llm.terminate()
+        llm.wait(10)
+        with open(os.path.join(OUT, f'{HOST}_summary.json'), 'w') as f:
+            json.dump(summary, f, indent=2)
+        print(json.dumps({k: v for k, v in summary.items() if k != 'infotext'}, indent=2))
+
+
+if __name__ == '__main__':
+    main()

@@ -101,7 +101,8 @@ class RegionalAttn2Patch:
             return out
         batch, pixels = q.shape[0], q.shape[1]
         qc, kc, vc = qh[rows], kh[rows], vh[rows]
-        delta = attend(qc, kc, vc, plan) - F.scaled_dot_product_attention(qc, kc, vc)
+        # the host's attention for the plain part, the function `previous` used (IPAdapterPlus.py __call__)
+        delta = attend(qc, kc, vc, plan) - self._plain_heads(qc, kc, vc)
         out = out.clone()
         out[rows] += delta.transpose(1, 2).reshape(len(rows), pixels, -1).to(out.dtype)
         return out

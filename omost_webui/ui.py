@@ -560,11 +560,11 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                                                          label='Prompt box text goes to (every region / global)',
                                                          elem_id=elem_id('omost_opt_prompt_target'))
                     c['options_status'] = gr.HTML('', elem_id=elem_id('omost_options_status'))
-                    # The hidden JSON is what generation reads. Its value is computed at every page load from the
-                    # controls, whose defaults the WebUI may have replaced from ui-config.json after ui() returned
-                    # (modules/ui_loadsave.py: UiLoadsave.add_component sets `value` on labelled controls only).
-                    options_text = gr.Textbox(lambda: options_from_controls(*(o[k].value for k in OPTION_NAMES))[0],
-                                              visible=False, elem_id=elem_id('omost_options'))
+                    # The hidden JSON is what generation reads. Its label makes Settings > Defaults save and restore
+                    # it with the labelled controls (modules/ui_loadsave.py: UiLoadsave.add_block tracks labelled
+                    # components only), so a restored Region strength 0.8 is also what renders.
+                    options_text = gr.Textbox(defaults.to_json(), label='Omost options JSON', visible=False,
+                                              elem_id=elem_id('omost_options'))
 
     controls = [o[name] for name in OPTION_NAMES]
     c.update(enabled=enabled, canvas=canvas_text, options=options_text, **{f'opt_{k}': v for k, v in o.items()})

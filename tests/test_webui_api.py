@@ -190,26 +190,37 @@ def _build_tab(script_module, tab='txt2img'):
     return block, controls
 
 
-def _page_load_value(component):
-    """The value the browser gets at page load: a callable default is re-evaluated then (gradio's load event)."""
-    event = component.load_event_to_attach
-    return event[0]() if event else component.value
-
-
 def test_saved_defaults_are_what_generation_reads(omost_settings):
+    """Settings > Defaults > Apply after the user moved Region strength to 0.8 in the browser (where the slider's
+    input event has already rewritten the hidden options JSON), then a restart: the slider and the JSON the
+    script reads both say 0.8."""
     from modules.ui_loadsave import UiLoadsave
+    from omost_webui.ui import OPTION_NAMES, options_from_controls
     script_module = Rig._script_module
-    saved = {'txt2img/Region strength/value': 0.8, 'txt2img/From step (fraction)/value': 0.25,
-             'txt2img/Regions in the hires pass/value': False, 'txt2img/Tag preset/value': 'anime'}
-    loadsave = UiLoadsave(saved)
+    first = UiLoadsave({})  # first start: every tracked default is recorded (the ui-config.json dump)
     block, (enabled, canvas, options) = _build_tab(script_module)
-    loadsave.add_block(block, 'txt2img')  # after ui() returned, as modules/ui.py: create_ui does
-    restored = json.loads(_page_load_value(options))
-    assert (restored['strength'], restored['start'], restored['hires'], restored['preset']) == (0.8, 0.25, False,
-                                                                                                 'anime')
-    assert restored['end'] == 1.0 and restored['regions'] is True  # the others keep their defaults
+    first.add_block(block, 'txt2img')
+    tracked = first.component_mapping
+    strength_key = 'txt2img/Region strength/value'
+    assert strength_key in tracked
+    in_browser = {key: (0.8 if key == strength_key else component.value) for key, component in tracked.items()}
+    controls = [in_browser[f'txt2img/{block_label}/value'] for block_label in _labels(block, OPTION_NAMES)]
+    options_key = next(k for k, c in tracked.items() if c is options)  # the hidden JSON is tracked too
+    in_browser[options_key] = options_from_controls(*controls)[0]
+    saved = first.ui_apply(*in_browser.values())
+    restarted = UiLoadsave(saved)
+    block, (_, _, options) = _build_tab(script_module)
+    restarted.add_block(block, 'txt2img')  # after ui() returned, as modules/ui.py: create_ui does
+    assert json.loads(options.value)['strength'] == 0.8 and json.loads(options.value)['end'] == 1.0
     _, fresh = _build_tab(script_module)  # the API's default args (a fresh ui(), no saved defaults)
     assert json.loads(fresh[2].value)['strength'] == 1.0
+
+
+def _labels(block, names):
+    """The labels of the option controls, in OPTION_NAMES order (found by their elem_ids)."""
+    by_id = {getattr(b, 'elem_id', None): b for b in block.blocks.values()}
+    suffix = {'sketch_denoise': 'denoise', 'sketch_blur': 'blur'}
+    return [next(b.label for i, b in by_id.items() if i and i.endswith(f'omost_opt_{suffix.get(n, n)}')) for n in names]
 
 
 def test_the_api_key_box_is_not_saved_to_ui_config(omost_settings):

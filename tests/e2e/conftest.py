@@ -67,17 +67,37 @@ def canvas(dragon_code) -> str:
     return dragon_code
 
 
+def make_job(ckpt: str, **changes) -> dict:
+    """The small deterministic txt2img payload every test starts from, with `changes`."""
+    payload = {'prompt': 'a fierce battle', 'negative_prompt': 'lowres', 'steps': 2, 'width': SIZE,
+               'height': SIZE, 'cfg_scale': 5, 'seed': 1234, 'sampler_name': 'Euler', 'scheduler': 'Automatic',
+               'override_settings': {'sd_model_checkpoint': ckpt},
+               'override_settings_restore_afterwards': True}
+    scripts = changes.pop('alwayson_scripts', None)
+    payload.update(changes)
+    if scripts:
+        payload['alwayson_scripts'] = scripts
+    return payload
+
+
 @pytest.fixture
 def job(ckpt):
-    """`job(**changes)`: the small deterministic txt2img payload every test starts from."""
-    def make(**changes):
-        payload = {'prompt': 'a fierce battle', 'negative_prompt': 'lowres', 'steps': 2, 'width': SIZE,
-                   'height': SIZE, 'cfg_scale': 5, 'seed': 1234, 'sampler_name': 'Euler', 'scheduler': 'Automatic',
-                   'override_settings': {'sd_model_checkpoint': ckpt},
-                   'override_settings_restore_afterwards': True}
-        scripts = changes.pop('alwayson_scripts', None)
-        payload.update(changes)
-        if scripts:
-            payload['alwayson_scripts'] = scripts
-        return payload
-    return make
+    """`job(**changes)`: `make_job` for the checkpoint under test."""
+    return lambda **changes: make_job(ckpt, **changes)
+
+
+@pytest.fixture(scope='session')
+def reference(webui, ckpt):
+    """`reference('plain')` / `reference('omost')`: the default job without / with Omost on the dragon canvas,
+    rendered once per session, for tests that only compare other renders with them (a test about no trace renders
+    its own before and after)."""
+    from conftest import read_fixture  # tests/conftest.py (this one is e2e.conftest)
+    from .client import omost_args
+    done = {}
+
+    def get(kind):
+        if kind not in done:
+            scripts = omost_args(read_fixture('dragon_battle.canvas.py')) if kind == 'omost' else None
+            done[kind] = webui.txt2img(make_job(ckpt, alwayson_scripts=scripts)).ok()
+        return done[kind]
+    return get

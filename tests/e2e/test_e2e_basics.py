@@ -14,11 +14,11 @@ def test_baseline_omost_baseline(webui, job, canvas):
     assert 'Omost' not in after.infotexts[0]
 
 
-def test_regions_on_and_off_differ(webui, job, canvas):
+def test_regions_on_and_off_differ(webui, job, canvas, reference):
     """The same bags with and without regional attention: the attention hook changes the image."""
     on = webui.txt2img(job(alwayson_scripts=omost_args(canvas, {'regions': True}))).ok()
     off = webui.txt2img(job(alwayson_scripts=omost_args(canvas, {'regions': False}))).ok()
-    plain = webui.txt2img(job()).ok()
+    plain = reference('plain')
     assert on.pixels != off.pixels
     assert off.pixels != plain.pixels  # the bags alone are another prompt
-    assert on.pixels == webui.txt2img(job(alwayson_scripts=omost_args(canvas))).ok().pixels  # deterministic
+    assert on.pixels == reference('omost').pixels  # deterministic, and the options' defaults

@@ -469,11 +469,11 @@
         var target = e.target, handle = target.getAttribute && target.getAttribute('data-handle');
         var boxEl = target.closest ? target.closest('.omost-ed-box') : null;
         this.stage.focus();
-        if (!boxEl) {
+        if (!boxEl && !handle) {
             this.select(-1);
             return;
         }
-        var i = Number(boxEl.getAttribute('data-index'));
+        var i = handle ? this.selected : Number(boxEl.getAttribute('data-index'));  // handles: the selected box's
         if (i !== this.selected) this.select(i);
         if (!this.editable()) return;
         var region = this.model.regions[i];
@@ -507,6 +507,7 @@
         d.snapped = snapped;
         var boxEl = this.layer.querySelector('.omost-ed-box[data-index="' + d.index + '"]');
         if (boxEl) position(boxEl, raw);
+        position(this.handles, raw);
         position(this.ghost, boxRect(snapped[0], snapped[1], snapped[2]));
         this.ghost.style.display = 'block';
         this.phraseLine.textContent = 'Snaps to: ' + phrase(snapped[0], snapped[1], snapped[2]);
@@ -678,16 +679,20 @@
             tag.style.left = 'calc(' + (s.rect[2] / GRID * 100) + '% + 3px)';
             tag.style.maxWidth = 'calc(' + ((s.rect[3] - s.rect[2]) / GRID * 100) + '% - 6px)';
             labels.push(tag);
-            if (i === self.selected && self.editable()) {
-                ['n', 's', 'e', 'w', 'ne', 'nw', 'se', 'sw'].forEach(function (h) {
-                    var handle = el('span', 'omost-ed-handle omost-ed-handle-' + h);
-                    handle.setAttribute('data-handle', h);
-                    b.appendChild(handle);
-                });
-            }
             self.layer.appendChild(b);
         });
         labels.forEach(function (tag) { self.layer.appendChild(tag); });
+        // The selected box's resize handles sit above every box and label, so a nearer box never hides them.
+        this.handles = el('div', 'omost-ed-handles');
+        if (this.current()) {
+            position(this.handles, shown[this.selected].rect);
+            ['n', 's', 'e', 'w', 'ne', 'nw', 'se', 'sw'].forEach(function (h) {
+                var handle = el('span', 'omost-ed-handle omost-ed-handle-' + h);
+                handle.setAttribute('data-handle', h);
+                self.handles.appendChild(handle);
+            });
+            this.layer.appendChild(this.handles);
+        }
         var r = this.current();
         this.phraseLine.textContent = this.blocked ? 'The Canvas code has an error (see below); fix it to edit ' +
             'here again.' : r ? (this.selected + 1) + ': ' + phrase(r.location, r.offset, r.area) + ', distance ' +

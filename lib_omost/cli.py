@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('-o', '--output', help='write the canvas code of the reply here')
     p.set_defaults(func=cmd_chat)
 
+    from lib_omost.guidance_cli import add_parser as add_guide_parser
+    add_guide_parser(sub)
+
     p = sub.add_parser('bench', help='benchmarks that print ratios side by side')
     p.add_argument('what', choices=['canvas', 'attention', 'llm', 'host', 'live'])
     p.add_argument('--quick', action='store_true', help='fewer shapes and repeats')

@@ -38,3 +38,8 @@ def encode(text: str) -> list:
 def count(text: str) -> int:
     """Number of CLIP tokens of `text`, without BOS/EOS."""
     return len(encode(text))
+
+
+def decode(ids) -> str:
+    """Text of CLIP ids (BOS/EOS show as <|startoftext|> / <|endoftext|>)."""
+    return _simple_tokenizer().decode(list(ids)).strip()

@@ -52,6 +52,27 @@ _RANGES = {'strength': (0.0, 2.0), 'start': (0.0, 1.0), 'end': (0.0, 1.0), 'sket
 _CHOICES = {'prompt_target': ('every', 'global')}
 
 
+def check_value(label: str, v, default, limits=None, choices=None):
+    """`v` checked against the type of `default` (bool, int/float within `limits`, str among `choices`);
+    CanvasError('<label> must be ...') otherwise."""
+    kind = type(default)
+    if kind is bool:
+        v = parse_switch(v, label)
+    elif kind in (int, float):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise CanvasError(f'{label} must be a number, got {v!r}')
+        low, high = limits
+        if not low <= v <= high:
+            raise CanvasError(f'{label} must be between {low} and {high}, got {v!r}')
+        v = kind(v)
+    else:
+        if not isinstance(v, str):
+            raise CanvasError(f'{label} must be a string, got {v!r}')
+        if choices and v not in choices:
+            raise CanvasError(f'{label} must be one of {", ".join(choices)}, got {v!r}')
+    return v
+
+
 def parse_options(value) -> RenderOptions:
     """Options from a dict, a JSON string, None or '' (defaults). Unknown keys and bad values are errors."""
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -69,24 +90,8 @@ def parse_options(value) -> RenderOptions:
     unknown = sorted(set(value) - set(fields))
     if unknown:
         raise CanvasError(f'unknown Omost option(s) {", ".join(unknown)}; known: {", ".join(fields)}')
-    clean = {}
-    for key, v in value.items():
-        kind = type(fields[key].default)
-        if kind is bool:
-            v = parse_switch(v, f'Omost option {key!r}')
-        elif kind in (int, float):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise CanvasError(f'Omost option {key!r} must be a number, got {v!r}')
-            low, high = _RANGES[key]
-            if not low <= v <= high:
-                raise CanvasError(f'Omost option {key!r} must be between {low} and {high}, got {v!r}')
-            v = kind(v)
-        else:
-            if not isinstance(v, str):
-                raise CanvasError(f'Omost option {key!r} must be a string, got {v!r}')
-            if key in _CHOICES and v not in _CHOICES[key]:
-                raise CanvasError(f'Omost option {key!r} must be one of {", ".join(_CHOICES[key])}, got {v!r}')
-        clean[key] = v
+    clean = {key: check_value(f'Omost option {key!r}', v, fields[key].default, _RANGES.get(key), _CHOICES.get(key))
+             for key, v in value.items()}
     options = RenderOptions(**clean)
     if options.start >= options.end:
         raise CanvasError(f'Omost step window is empty: start {options.start} must be below end {options.end}')

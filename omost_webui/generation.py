@@ -185,7 +185,7 @@ def parse_inputs(canvas_value, options_value, presets_file: str = ''):
     return result.canvas, result.warnings, options, preset
 
 
-def process(p, enabled, canvas_value, options_value):
+def process(p, enabled, canvas_value, options_value, guidance_value=None, guide_images=()):
     cleanup()  # a failed earlier job (any tab) may have left hooks behind
     try:
         enabled = is_enabled(enabled)
@@ -229,6 +229,18 @@ def process(p, enabled, canvas_value, options_value):
     p.extra_generation_params[INFOTEXT_ENABLED] = infotext_summary(canvas, options)
     p.extra_generation_params[INFOTEXT_CANVAS] = canvas_to_infotext(canvas)
     p.extra_generation_params[INFOTEXT_OPTIONS] = options.to_json()
+    _guidance_process(p, job, guidance_value, guide_images)
+
+
+def _guidance_process(p, job, guidance_value, guide_images):
+    """Image guidance (omost_webui.guidance_step): bad guides refuse the job like a bad canvas."""
+    from lib_omost.vision import VisionError
+    from omost_webui import guidance_step
+    try:
+        guidance_step.process(p, job, guidance_value, guide_images)
+    except (CanvasError, VisionError) as e:
+        p._omost_job = None
+        refuse(p, OmostInputError(str(e)))
 
 
 def infotext_summary(canvas, options) -> str:
@@ -260,6 +272,8 @@ def process_batch(p):
     from omost_webui.prompt_rewrite import rewrite
     first = rewrite(p, job, p.prompts)
     job.regional = _regional(job, first)
+    from omost_webui import guidance_step
+    guidance_step.process_batch(p)
     job.regional_hr = job.regional
     hr_prompts = getattr(p, 'hr_prompts', None)
     if getattr(p, 'enable_hr', False) and hr_prompts:
@@ -277,12 +291,14 @@ def _regional(job, layout):
     return RegionalAttention(rects, token_region, None, o.strength, o.start, o.end)
 
 
-def process_before_every_sampling(p, x):
+def process_before_every_sampling(p, x, c=None):
     global _active
     job = _job(p)
     if job is None:
         return
     hr = bool(getattr(p, 'is_hr_pass', False))
+    from omost_webui import guidance_step
+    guidance_step.process_before_every_sampling(p, job, c, hr)
     regional = job.regional_hr if hr else job.regional
     if hr and not job.options.hires:
         regional = None
@@ -380,8 +396,8 @@ def _follow_model(job) -> bool:
     job.model = model
     title = _model_title(model)
     if detect_arch(p) is None or find_tokenize_line(model) is None:
-        note(job.p, f'switched to {title}, which has no cross-attention / CLIP text encoder Omost knows: '
-                          'the rest of the job ran without regions')
+        note(p, f'switched to {title}, which has no cross-attention / CLIP text encoder Omost knows: the rest '
+                'of the job ran without regions')
         job.current = None
         return False
     job.current.clear_plans()  # new plans for the new model's layers
@@ -390,7 +406,7 @@ def _follow_model(job) -> bool:
     else:
         _hook_a1111(p, job, job.current)
     job.check_length = True
-    note(job.p, f'regions continued on {title}')
+    note(p, f'regions continued on {title}')
     return True
 
 
@@ -400,8 +416,9 @@ def _check_switched_cond(job, params):
     job.check_length = False
     length = cond_token_count(params.text_cond)
     if length != job.current.cond_length:
-        note(job.p, f'switched to {_model_title(job.model)}, whose cond has {length} tokens where the '
-                          f'regions expect {job.current.cond_length}: the rest of the job ran without regions')
+        note(job.p, f'switched to {_model_title(job.model)}, whose cond has {length} tokens where the regions '
+                    f'expect {job.current.cond_length}: the rest of the job ran without regions')
+        job.current.strength = 0.0  # the hooks / patches installed on the new model stay plain from now on
         job.current = None
 
 
@@ -428,6 +445,8 @@ def postprocess(p):
 def cleanup():
     """Disarm and remove everything this extension may have attached to the model (idempotent, cheap)."""
     global _active
+    from omost_webui import guidance_step
+    guidance_step.restore()
     job, _active = _active, None
     if job is not None:
         job.current = None

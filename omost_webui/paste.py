@@ -6,6 +6,7 @@ import json
 
 from lib_omost.canvas import INFOTEXT_PREFIX, CanvasError, load_canvas
 from omost_webui.generation import INFOTEXT_CANVAS, INFOTEXT_ENABLED
+from omost_webui.guidance_step import INFOTEXT_GUIDANCE
 
 
 def on_infotext_pasted(infotext: str, params: dict):
@@ -16,6 +17,8 @@ def on_infotext_pasted(infotext: str, params: dict):
         params[INFOTEXT_ENABLED] = 'False'
     elif params.get(INFOTEXT_ENABLED) not in (None, 'True', 'False', True, False):
         params[INFOTEXT_ENABLED] = 'True'  # the summary ('5 regions, strength 1.0') is written only when on
+    if INFOTEXT_GUIDANCE not in params and 'Steps' in params:
+        params[INFOTEXT_GUIDANCE] = '[]'  # an image made without guidance: no guide applies until one is set
     value = params.get(INFOTEXT_CANVAS)
     if not isinstance(value, str) or not value.lstrip().startswith(('{', '[', INFOTEXT_PREFIX)):
         return  # Canvas code (typed by hand) is kept as it is

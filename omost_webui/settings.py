@@ -173,9 +173,20 @@ def _options():
          'and added to the built-in none/anime/pony/illustrious)', 'Textbox', {'lines': 10},
          {'onchange': save_presets_text}),
         ('omost_system_prompt', '', "System prompt override (empty: Omost's own)", 'Textbox', {'lines': 4}, {}),
+        ('omost_vision_path', '', 'Image guidance: CLIP vision tower file or folder (.safetensors; searched first, '
+         'then the clip_vision folders of the WebUI and models/omost/clip_vision)', 'Textbox', {}, {}),
+        ('omost_vision_url_768', _vision_url(768), 'Image guidance: download URL of the ViT-L/14 tower when none '
+         'is found (empty: never download)', 'Textbox', {}, {'restrict_api': True}),
+        ('omost_vision_url_1280', _vision_url(1280), 'Image guidance: download URL of the ViT-bigG/14 tower (SDXL) '
+         'when none is found (empty: never download)', 'Textbox', {}, {'restrict_api': True}),
         ('omost_cache_mb', 64, 'LLM response cache size (MB; 0 turns the cache off)', 'Number',
          {'precision': 0, 'minimum': 0}, {}),
     ]
+
+
+def _vision_url(width: int) -> str:
+    from omost_webui.guidance_step import DEFAULT_URLS
+    return DEFAULT_URLS[width]
 
 
 def register():

@@ -1,7 +1,7 @@
 """The Omost accordion: LLM chat, the editable canvas with its region preview, and the render options.
 
 Built with basic components only so the same code runs on gradio 3.41 (A1111) and 4.40 (Forge). The script
-receives exactly three values (`OmostUI.inputs`): enabled, the canvas text and the options as JSON; everything else
+receives (`OmostUI.inputs`) enabled, the canvas text, the options as JSON, then the image guidance values (`ui_guidance`); everything else
 (chat, backend settings, preview) lives only in the browser session.
 
 Handlers are plain module-level functions so they can be tested without a browser.
@@ -37,7 +37,7 @@ OPTION_NAMES = tuple(f.name for f in dataclasses.fields(RenderOptions))  # order
 
 @dataclasses.dataclass
 class OmostUI:
-    inputs: list             # [enabled, canvas_text, options_text]: the script's args, in this order
+    inputs: list             # [enabled, canvas_text, options_text, guidance JSON, guide images...]: the script's args
     infotext_fields: list
     paste_field_names: list
     components: dict         # every named component, for the caller and for tests
@@ -565,6 +565,8 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                     # components only), so a restored Region strength 0.8 is also what renders.
                     options_text = gr.Textbox(defaults.to_json(), label='Omost options JSON', visible=False,
                                               elem_id=elem_id('omost_options'))
+                from omost_webui.ui_guidance import build_guidance_ui
+                guidance = build_guidance_ui(elem_id, canvas_text)
 
     controls = [o[name] for name in OPTION_NAMES]
     c.update(enabled=enabled, canvas=canvas_text, options=options_text, **{f'opt_{k}': v for k, v in o.items()})
@@ -624,10 +626,12 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                         + (gr.update(visible=kind != 'server'),), [c['backend']], [sg, lg, gg, c['keep_loaded']],
                         queue=False)
 
+    c['guidance'] = guidance.components
     return OmostUI(
-        inputs=[enabled, canvas_text, options_text],
-        infotext_fields=[(enabled, 'Omost'), (canvas_text, 'Omost canvas'), (options_text, 'Omost options')],
-        paste_field_names=['Omost', 'Omost canvas', 'Omost options'],
+        inputs=[enabled, canvas_text, options_text] + guidance.inputs,
+        infotext_fields=[(enabled, 'Omost'), (canvas_text, 'Omost canvas'),
+                         (options_text, 'Omost options')] + guidance.infotext_fields,
+        paste_field_names=['Omost', 'Omost canvas', 'Omost options'] + guidance.paste_field_names,
         components=c,
     )
 

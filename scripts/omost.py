@@ -44,14 +44,14 @@ class Script(scripts.Script):
     def before_process(self, p, enabled=False, canvas=None, options=None, *rest):
         generation.before_process(p, enabled, canvas, options)
 
-    def process(self, p, enabled=False, canvas=None, options=None, *rest):
-        generation.process(p, enabled, canvas, options)
+    def process(self, p, enabled=False, canvas=None, options=None, guidance=None, *guide_images):
+        generation.process(p, enabled, canvas, options, guidance, guide_images)
 
     def process_batch(self, p, *args, **kwargs):
         generation.process_batch(p)
 
     def process_before_every_sampling(self, p, *args, **kwargs):
-        generation.process_before_every_sampling(p, kwargs['x'])
+        generation.process_before_every_sampling(p, kwargs['x'], kwargs.get('c'))
 
     def postprocess(self, p, processed, *args):
         generation.postprocess(p)

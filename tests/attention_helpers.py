@@ -61,14 +61,14 @@ def heads_merge(t):
     return t.transpose(1, 2).reshape(b, n, h * d)
 
 
-def tiny_unet(sd2=False, seed=0):
+def tiny_unet(sd2=False, seed=0, context_dim=64):
     """The tiny real ldm UNetModel of test-substrate.md section 3 (SD1-style conv proj or SD2-style linear)."""
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
     torch.manual_seed(seed)
     kwargs = {'num_head_channels': 16, 'use_linear_in_transformer': True} if sd2 else {'num_heads': 2}
     unet = UNetModel(image_size=16, in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2),
                      num_res_blocks=1, attention_resolutions=(1, 2), use_spatial_transformer=True,
-                     transformer_depth=1, context_dim=64, legacy=False, **kwargs)
+                     transformer_depth=1, context_dim=context_dim, legacy=False, **kwargs)
     with torch.no_grad():  # ldm zero-initialises proj_out and the last conv: attention would not reach the output
         for p in unet.parameters():
             if not p.any():

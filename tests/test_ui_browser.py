@@ -72,7 +72,7 @@ def script_args(page):
     page.wait_for_function('([sel, before]) => { const e = document.querySelector(sel);'
                            ' return e && e.value && e.value !== before; }',
                            arg=['#txt2img_echoed textarea', before], timeout=WAIT_MS)
-    return json.loads(box(page, 'txt2img_echoed').input_value())
+    return json.loads(box(page, 'txt2img_echoed').input_value())[:3]  # (then the image guidance values)
 
 
 def set_canvas(page, text):
@@ -335,9 +335,10 @@ def stage_box(page):
 
 
 def region_box(page, i, part=''):
-    """Viewport coordinates of region i's box (or of a part of it, e.g. a resize handle), scrolled into view."""
+    """Viewport coordinates of region i's box (or of a resize handle of the selected box), scrolled into view."""
     page.locator(f'{T}editor .omost-ed-stage').scroll_into_view_if_needed()
-    return page.locator(f'{T}editor .omost-ed-box[data-index="{i}"] {part}'.strip()).bounding_box()
+    selector = f'{T}editor .omost-ed-handles {part}' if part else f'{T}editor .omost-ed-box[data-index="{i}"]'
+    return page.locator(selector).bounding_box()
 
 
 def drag(page, start, delta, check_phrase=None):
@@ -375,7 +376,7 @@ def test_drag_resize_nudge_reorder_recolour_add_delete_undo_redo(page):
     wait_code(page, model)
 
     # drag the bottom-right corner to resize: the box snaps to the nearest of the 729 (in pixels of this image)
-    handle = region_box(page, i, '.omost-ed-handle-se')
+    handle = region_box(page, i, '.omost-ed-handle-se')  # the selected region's handles
     top, bottom, left, right = omost_rect(regions[i]['location'], regions[i]['offset'], regions[i]['area'])
     d = (-22, -14)
     raw = (top, max(top + 1, min(90, bottom + d[1])), left, max(left + 1, min(90, right + d[0])))

@@ -33,8 +33,9 @@ def test_build_contract_and_unique_ids_per_tab(version):
         pytest.skip(f'no venv with gradio {version} at {PYTHONS[version]}')
     info = check_app(version)
     assert info['gradio'] == version
-    assert info['inputs'] == {'txt2img': ['Checkbox', 'Code', 'Textbox'], 'img2img': ['Checkbox', 'Code', 'Textbox']}
-    assert info['infotext'] == info['paste'] == ['Omost', 'Omost canvas', 'Omost options']
+    script_values = ['Checkbox', 'Code', 'Textbox', 'Textbox', 'Image', 'Image', 'Image']  # + guidance JSON, images
+    assert info['inputs'] == {'txt2img': script_values, 'img2img': script_values}
+    assert info['infotext'] == info['paste'] == ['Omost', 'Omost canvas', 'Omost options', 'Omost guidance']
     ids = info['elem_ids']
     assert len(ids) == len(set(ids)), 'duplicate elem_ids'
     ours = [i for i in ids if '_omost' in i]
@@ -47,10 +48,11 @@ def test_build_is_reentrant_and_defaults_are_the_render_defaults():
     for _ in range(2):  # the WebUI calls ui() again for the API defaults, in a fresh Blocks
         with gr.Blocks():
             built = ui.build_ui(False, lambda name: f'x_{name}', InputAccordion, settings)
-    enabled, canvas, options = built.inputs
+    enabled, canvas, options = built.inputs[:3]
     assert enabled.value is False and canvas.value == ''
     assert parse_options(options.value) == RenderOptions()
-    assert built.infotext_fields == [(enabled, 'Omost'), (canvas, 'Omost canvas'), (options, 'Omost options')]
+    assert built.infotext_fields[:3] == [(enabled, 'Omost'), (canvas, 'Omost canvas'), (options, 'Omost options')]
+    assert built.inputs[3].value == '[]' and built.infotext_fields[3] == (built.inputs[3], 'Omost guidance')
     assert [c[0] for c in built.components['opt_preset'].choices] == ['none', 'anime']
 
 

@@ -198,7 +198,8 @@ def test_saved_defaults_are_what_generation_reads(omost_settings):
     from omost_webui.ui import OPTION_NAMES, options_from_controls
     script_module = Rig._script_module
     first = UiLoadsave({})  # first start: every tracked default is recorded (the ui-config.json dump)
-    block, (enabled, canvas, options) = _build_tab(script_module)
+    block, controls = _build_tab(script_module)
+    enabled, canvas, options = controls[:3]
     first.add_block(block, 'txt2img')
     tracked = first.component_mapping
     strength_key = 'txt2img/Region strength/value'
@@ -209,7 +210,8 @@ def test_saved_defaults_are_what_generation_reads(omost_settings):
     in_browser[options_key] = options_from_controls(*controls)[0]
     saved = first.ui_apply(*in_browser.values())
     restarted = UiLoadsave(saved)
-    block, (_, _, options) = _build_tab(script_module)
+    block, controls = _build_tab(script_module)
+    options = controls[2]
     restarted.add_block(block, 'txt2img')  # after ui() returned, as modules/ui.py: create_ui does
     assert json.loads(options.value)['strength'] == 0.8 and json.loads(options.value)['end'] == 1.0
     _, fresh = _build_tab(script_module)  # the API's default args (a fresh ui(), no saved defaults)

@@ -34,9 +34,11 @@ def test_ui_is_built_per_tab_and_again_for_api_defaults(script_module):
         assert script.title() == 'Omost' and script.show(is_img2img) is script_module.scripts.AlwaysVisible
         with gr.Blocks():
             inputs = script.ui(is_img2img)
-        assert len(inputs) == 3 and inputs[0].value is False
-        assert [key for _, key in script.infotext_fields] == ['Omost', 'Omost canvas', 'Omost options']
-        assert script.paste_field_names == ['Omost', 'Omost canvas', 'Omost options']
+        assert len(inputs) == 4 + 3 and inputs[0].value is False  # + guidance JSON and 3 guide image slots
+        assert isinstance(inputs[4], gr.Image) and inputs[3].value == '[]'
+        names = ['Omost', 'Omost canvas', 'Omost options', 'Omost guidance']
+        assert [key for _, key in script.infotext_fields] == names
+        assert script.paste_field_names == names
         ids.append(inputs[1].elem_id)
     assert ids[0] != ids[1] and ids[0] == ids[2]  # unique per tab, stable across rebuilds
 

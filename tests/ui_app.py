@@ -54,11 +54,12 @@ def build_app(server_url: str):
                                     image_size=(width, height))
                 echo = gr.Button('Echo script args', elem_id=f'{tab}_echo')
                 echoed = gr.Textbox(label='Script args', lines=3, elem_id=f'{tab}_echoed')
-                echo.click(lambda *args: json.dumps(args), uis[tab].inputs, [echoed])
+                echo.click(lambda *args: json.dumps([a if not hasattr(a, 'size') else 'image' for a in args]),
+                           uis[tab].inputs, [echoed])
                 # Like the WebUI's infotext paste: set the script's inputs from [enabled, canvas, options] JSON.
                 paste = gr.Button('Paste script args', elem_id=f'{tab}_paste')
                 pasted = gr.Textbox(label='Args to paste', lines=3, elem_id=f'{tab}_pasted')
-                paste.click(lambda text: tuple(json.loads(text)), [pasted], uis[tab].inputs)
+                paste.click(lambda text: tuple(json.loads(text)), [pasted], uis[tab].inputs[:3])
     return demo, uis
 
 

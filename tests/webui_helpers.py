@@ -92,11 +92,11 @@ class FakeClipEmbedder(nn.Module):
 
     chunk_length = 75
 
-    def __init__(self, seed=0):
+    def __init__(self, seed=0, dim=CONTEXT_DIM):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.token_embedding = nn.Parameter(torch.randn(49408, CONTEXT_DIM, generator=g) * 0.5)
-        self.position_embedding = nn.Parameter(torch.randn(77, CONTEXT_DIM, generator=g) * 0.1)
+        self.token_embedding = nn.Parameter(torch.randn(49408, dim, generator=g) * 0.5)
+        self.position_embedding = nn.Parameter(torch.randn(77, dim, generator=g) * 0.1)
         self.comma_token = clip_tokenizer.encode(',')[0]
 
     def tokenize_line(self, line):
@@ -200,11 +200,11 @@ class _ModelBase(nn.Module):
 # A1111: the real ldm UNet
 
 
-def tiny_ldm_unet(seed=0):
+def tiny_ldm_unet(seed=0, context_dim=CONTEXT_DIM):
     """The tiny real ldm UNet of the attention tests, with its zero-initialised output projections given
     random weights: otherwise the attention (and so the regions) could not change the result."""
     from attention_helpers import tiny_unet
-    unet = tiny_unet(seed=seed)
+    unet = tiny_unet(seed=seed, context_dim=context_dim)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in unet.parameters():
@@ -214,11 +214,11 @@ def tiny_ldm_unet(seed=0):
 
 
 class A1111Model(_ModelBase):
-    def __init__(self, unet):
+    def __init__(self, unet, text_dim=CONTEXT_DIM):
         super().__init__()
         self.model = nn.Module()
         self.model.diffusion_model = unet
-        self.cond_stage_model = FakeClipEmbedder()
+        self.cond_stage_model = FakeClipEmbedder(dim=text_dim)
         self.embedder = self.cond_stage_model
 
     def apply_model(self, x, t, cond):
@@ -350,11 +350,11 @@ class ForgeCrossAttention(nn.Module):
 
 
 class ForgeTransformerBlock(nn.Module):
-    def __init__(self, dim, heads=2, dim_head=16):
+    def __init__(self, dim, heads=2, dim_head=16, context_dim=CONTEXT_DIM):
         super().__init__()
         self.n_heads, self.d_head = heads, dim_head
         self.norm2 = nn.LayerNorm(dim)
-        self.attn2 = ForgeCrossAttention(dim, CONTEXT_DIM, heads, dim_head)
+        self.attn2 = ForgeCrossAttention(dim, context_dim, heads, dim_head)
 
     def forward(self, x, context, transformer_options):
         extra_options = {k: v for k, v in transformer_options.items() if k not in ('patches', 'patches_replace')}
@@ -380,10 +380,11 @@ class ForgeTransformerBlock(nn.Module):
 
 
 class ForgeSpatialTransformer(nn.Module):
-    def __init__(self, dim, depth=1):
+    def __init__(self, dim, depth=1, context_dim=CONTEXT_DIM):
         super().__init__()
         self.proj_in = nn.Conv2d(dim, dim, 1)
-        self.transformer_blocks = nn.ModuleList([ForgeTransformerBlock(dim) for _ in range(depth)])
+        self.transformer_blocks = nn.ModuleList([ForgeTransformerBlock(dim, context_dim=context_dim)
+                                                 for _ in range(depth)])
         self.proj_out = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x, context, transformer_options):
@@ -399,15 +400,15 @@ class ForgeTinyUNet(nn.Module):
     """conv -> attention ("input", 1) -> stride-2 down (rounding up) -> attention ("middle", 0) -> up ->
     attention ("output", 1) -> conv; the transformer_options keys Forge's IntegratedUNet sets."""
 
-    def __init__(self, dim=32, seed=0):
+    def __init__(self, dim=32, seed=0, context_dim=CONTEXT_DIM):
         super().__init__()
         torch.manual_seed(seed)
         self.conv_in = nn.Conv2d(4, dim, 3, padding=1)
         self.time = nn.Linear(1, dim)
-        self.input_attn = ForgeSpatialTransformer(dim)
+        self.input_attn = ForgeSpatialTransformer(dim, context_dim=context_dim)
         self.down = nn.Conv2d(dim, dim, 3, stride=2, padding=1)
-        self.middle_attn = ForgeSpatialTransformer(dim)
-        self.output_attn = ForgeSpatialTransformer(dim)
+        self.middle_attn = ForgeSpatialTransformer(dim, context_dim=context_dim)
+        self.output_attn = ForgeSpatialTransformer(dim, context_dim=context_dim)
         self.conv_out = nn.Conv2d(dim, 4, 3, padding=1)
 
     def forward(self, x, timesteps, context, transformer_options):
@@ -475,9 +476,9 @@ class KModel(nn.Module):
 
 
 class ForgeModel(_ModelBase):
-    def __init__(self, unet_module):
+    def __init__(self, unet_module, text_dim=CONTEXT_DIM):
         super().__init__()
-        self.text_processing_engine = FakeClipEmbedder()
+        self.text_processing_engine = FakeClipEmbedder(dim=text_dim)
         self.embedder = self.text_processing_engine
         self.kmodel = KModel(unet_module)
         self.forge_objects = ForgeObjects(UnetPatcher(self.kmodel), vae=self.vae)
@@ -534,7 +535,7 @@ class Rig:
             script_callbacks.on_cfg_denoiser(Rig._probe)
         self.model = model
         self.script = Rig._script_module.Script()
-        self.runner = scripts.ScriptRunner([(self.script, 3)])
+        self.runner = scripts.ScriptRunner([(self.script, 7)])  # enabled, canvas, options, guidance, 3 images
         self.bare = scripts.ScriptRunner([])  # a WebUI that never loaded the extension
 
     steps = []  # one dict per denoiser step of the last generations (cleared by generate())
@@ -567,7 +568,7 @@ class Rig:
         args.update(kwargs)
         cls = processing.StableDiffusionProcessingImg2Img if 'init_images' in args \
             else processing.StableDiffusionProcessingTxt2Img
-        script_args = list(omost) if omost is not None else [False, '', '']
+        script_args = list(omost) if omost is not None else [False, '', '', '[]', None, None, None]
         return cls(self.model, scripts=self.bare if bare else self.runner, script_args=script_args, **args)
 
     def generate(self, omost=None, bare=False, close=True, **kwargs):
@@ -653,3 +654,15 @@ def check_refiner_switch(rig, refiner, plain_refiner):
     _, res = rig.generate(omost(), **switch)
     assert [s['regional'] for s in Rig.steps] == [True, True, None, None]
     assert 'switched to flux-like, which has no cross-attention' in res.info and 'Omost notes: ' in res.info
+    # a refiner whose encoder makes another number of chunks of the bags: the token map no longer fits
+    encode = refiner.embedder.encode
+    refiner.embedder.encode = lambda prompts: torch.cat([encode(prompts)] * 2, dim=1)
+    try:
+        switch['refiner_checkpoint_info'] = sd_models.CheckpointInfo('other-encoder', refiner)
+        _, res = rig.generate(omost(), **switch)
+        _, off_after_switch = rig.generate(omost(end=0.5), **switch)
+    finally:
+        refiner.embedder.encode = encode
+    assert [s['regional'] for s in Rig.steps] == [True, True, None, None]
+    assert 'switched to other-encoder, whose cond has' in res.info
+    assert images_equal(res, off_after_switch)  # plain on the refiner, as if the window had ended

@@ -28,7 +28,7 @@ from ui_helpers import CHROMIUM, CHROMIUM_ARGS, free_port  # noqa: E402
 URL = os.environ['OMOST_E2E_URL'].rstrip('/')
 HOST = os.environ.get('OMOST_E2E_HOST', 'host')
 OUT = sys.argv[1] if len(sys.argv) > 1 else '/work/hosts/evidence/editor'
-P = '#txt2img_script_omost_omost_'  # Script.elem_id: {tab}_script_{title}_{name}
+P = '#script_txt2img_omost_omost_'  # Script.elem_id: script_{tab}_{title}_{name}
 FAKE_LLM = '/work/shared/harness/tools/fake_llm.py'
 WAIT = 120_000
 
@@ -52,7 +52,7 @@ def last_image(page, before):
     sel = '#txt2img_gallery img'
     page.wait_for_function('([sel, before]) => { const i = document.querySelector(sel); return i && i.src &&'
                            ' i.src !== before; }', arg=[sel, before or ''], timeout=WAIT)
-    src = page.locator(sel).first.get_attribute('src')
+    src = page.evaluate('sel => document.querySelector(sel).src', sel)  # absolute
     return src, page.request.get(src).body()
 
 
@@ -83,21 +83,21 @@ def main():
                 box = page.locator(f'#txt2img_{name} input[type=number]').first
                 box.fill(str(value))
                 box.press('Tab')
-            page.locator(f'{P}omost .label-wrap, #txt2img_script_omost_omost .label-wrap').first.click()
+            page.locator('#script_txt2img_omost_omost .label-wrap').first.click()
             page.wait_for_selector(f'{P}editor .omost-ed-stage', timeout=WAIT)
             page.locator(f'{P}llm_settings .label-wrap').first.click()
-            field(page, 'txt2img_script_omost_omost_server_url').fill(f'http://127.0.0.1:{port}/v1')
+            field(page, 'script_txt2img_omost_omost_server_url').fill(f'http://127.0.0.1:{port}/v1')
             page.locator(f'{P}llm_settings .label-wrap').first.click()
             page.locator(f'{P}editor').scroll_into_view_if_needed()
-            shot(page, 'empty', f'#txt2img_script_omost_omost')
+            shot(page, 'empty', f'#script_txt2img_omost_omost')
 
-            message = field(page, 'txt2img_script_omost_omost_input')
+            message = field(page, 'script_txt2img_omost_omost_input')
             message.fill('generate an image of the fierce battle of warriors and a dragon')
             message.press('Enter')
             page.wait_for_function('sel => document.querySelectorAll(sel).length >= 2',
                                    arg=f'{P}editor .omost-ed-box', timeout=WAIT)
             summary['live_status'] = page.inner_text(f'{P}chat_status')
-            shot(page, 'live', f'#txt2img_script_omost_omost')
+            shot(page, 'live', f'#script_txt2img_omost_omost')
             page.wait_for_function('sel => document.querySelector(sel).innerText.includes("tokens/s")',
                                    arg=f'{P}chat_status', timeout=WAIT)
             page.wait_for_function('sel => document.querySelectorAll(sel).length === 4',
@@ -119,7 +119,7 @@ def main():
             for k in range(1, 6):
                 page.mouse.move(start[0] - 20 * stage['width'] / 90 * k / 5, start[1] - 20 * stage['height'] / 90 * k / 5)
             summary['phrase_while_dragging'] = page.inner_text(f'{P}editor .omost-ed-phrase')
-            shot(page, 'dragging', f'{P}editor')
+            shot(page, 'dragging')  # the viewport: an element screenshot scrolls, which cancels the drag
             page.mouse.up()
             cx, cy = layout.centre(region['location'], region['offset'])
             region['location'], region['offset'] = layout.snap_move(cx - 20, cy - 20)
@@ -133,8 +133,8 @@ def main():
             state = json.loads(page.evaluate('sel => document.querySelector(sel).value',
                                              f'{P}editor_state textarea, {P}editor_state input'))
             summary['editor_matches_expected_edit'] = load_canvas(state['canvas']).canvas == edited
-            page.locator(f'#txt2img_script_omost_omost').scroll_into_view_if_needed()
-            shot(page, 'edited', f'#txt2img_script_omost_omost')
+            page.locator(f'#script_txt2img_omost_omost').scroll_into_view_if_needed()
+            shot(page, 'edited', f'#script_txt2img_omost_omost')
             shot(page, 'edited_page')
 
             src, first = generate(page, None)
@@ -160,14 +160,14 @@ def main():
                                              f'{P}editor_state textarea, {P}editor_state input'))
             summary['pasted_canvas_is_edited_canvas'] = state['canvas'] is not None and \
                 load_canvas(state['canvas']).canvas == edited
-            summary['pasted_enabled'] = page.locator('#txt2img_script_omost_omost-checkbox input').first \
+            summary['pasted_enabled'] = page.locator('#script_txt2img_omost_omost-checkbox input').first \
                 .is_checked()
             _, second = generate(page, src)
             summary['second_pixels'] = pixels(second)
             summary['same_pixels'] = summary['first_pixels'] == summary['second_pixels']
             summary['page_errors'] = errors
-            page.locator(f'#txt2img_script_omost_omost').scroll_into_view_if_needed()
-            shot(page, 'after_paste', f'#txt2img_script_omost_omost')
+            page.locator(f'#script_txt2img_omost_omost').scroll_into_view_if_needed()
+            shot(page, 'after_paste', f'#script_txt2img_omost_omost')
             browser.close()
     finally:
         llm.terminate()

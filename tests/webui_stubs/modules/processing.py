@@ -17,6 +17,7 @@ class Processed:
 
 class StableDiffusionProcessing:
     is_img2img = False
+    cached_c = [None, None]  # class-level as in the hosts: the prompt's conds are reused by the next job
 
     def __init__(self, sd_model, prompt='', negative_prompt='', seed=1, steps=3, cfg_scale=7.0, width=64,
                  height=64, batch_size=1, n_iter=1, denoising_strength=0.75, override_settings=None,
@@ -77,15 +78,24 @@ class StableDiffusionProcessing:
     def encode(self, prompts):
         return self.sd_model.get_learned_conditioning(list(prompts))
 
-    def encode_multicond(self, prompts):
-        return prompt_parser.get_multicond_learned_conditioning(self.sd_model, list(prompts))
+    def get_conds_with_caching(self, prompts, steps, caches, hires_steps=None):
+        """processing.get_conds_with_caching: the cached object itself when `cached_params` match (prompts,
+        steps, the model, size, emphasis, extra networks), else get_multicond_learned_conditioning (AND)."""
+        key = (tuple(prompts), steps, hires_steps, self.sd_model, self.width, self.height, shared.opts.emphasis,
+               repr(getattr(self, 'extra_network_data', None)))
+        for cache in caches:
+            if cache[0] is not None and cache[0] == key:
+                return cache[1]
+        caches[0][1] = prompt_parser.get_multicond_learned_conditioning(self.sd_model, list(prompts), steps)
+        caches[0][0] = key
+        return caches[0][1]
 
     def setup_conds(self):
         # modules/processing.py setup_conds: uc from get_learned_conditioning, c from
-        # get_multicond_learned_conditioning (AND); Forge skips the uc when cfg_scale == 1 (`self.uc = None`).
+        # get_multicond_learned_conditioning (AND), cached; Forge skips the uc when cfg_scale == 1 (`self.uc = None`).
         forge_cfg1 = hasattr(self.sd_model, 'forge_objects') and self.cfg_scale == 1
         self.uc = None if forge_cfg1 else self.encode(self.negative_prompts)
-        self.c = self.encode_multicond(self.prompts)
+        self.c = self.get_conds_with_caching(self.prompts, self.steps, [StableDiffusionProcessing.cached_c])
 
     def noise(self, shape):
         return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in self.seeds])
@@ -102,6 +112,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         self.enable_hr, self.hr_scale, self.hr_second_pass_steps = enable_hr, hr_scale, hr_second_pass_steps
         self.hr_prompt, self.firstpass_image = hr_prompt, firstpass_image
         self.hr_prompts = None
+        self.cached_hr_c = [None, None]
 
     def setup_prompts(self):
         super().setup_prompts()
@@ -125,7 +136,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         super().setup_conds()
         if self.enable_hr:
             self.hr_uc = self.encode(self.negative_prompts)
-            self.hr_c = self.encode_multicond(self.hr_prompts)
+            self.hr_c = self.get_conds_with_caching(self.hr_prompts, self.steps, [self.cached_hr_c, self.cached_c],
+                                                    hires_steps=self.hr_second_pass_steps or self.steps)
 
     def sample(self, conditioning, unconditional_conditioning):
         self.sampler = sd_samplers.create_sampler(self.sd_model)

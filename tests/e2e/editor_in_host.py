@@ -88,7 +88,7 @@ def main():
             page.locator(f'{P}llm_settings .label-wrap').first.click()
             field(page, 'script_txt2img_omost_omost_server_url').fill(f'http://127.0.0.1:{port}/v1')
             page.locator(f'{P}llm_settings .label-wrap').first.click()
-            page.locator(f'{P}editor').scroll_into_view_if_needed()
+            page.locator(f'{P}editor').first.scroll_into_view_if_needed()
             shot(page, 'empty', f'#script_txt2img_omost_omost')
 
             message = field(page, 'script_txt2img_omost_omost_input')
@@ -96,14 +96,14 @@ def main():
             message.press('Enter')
             page.wait_for_function('sel => document.querySelectorAll(sel).length >= 2',
                                    arg=f'{P}editor .omost-ed-box', timeout=WAIT)
-            summary['live_status'] = page.inner_text(f'{P}chat_status')
+            summary['live_status'] = page.locator(f'{P}chat_status').first.inner_text()
             shot(page, 'live', f'#script_txt2img_omost_omost')
             page.wait_for_function('sel => document.querySelector(sel).innerText.includes("tokens/s")',
                                    arg=f'{P}chat_status', timeout=WAIT)
             page.wait_for_function('sel => document.querySelectorAll(sel).length === 4',
                                    arg=f'{P}editor .omost-ed-box', timeout=WAIT)
-            summary['chat_status'] = page.inner_text(f'{P}chat_status')
-            summary['on_off'] = page.inner_text(f'{P}onoff')
+            summary['chat_status'] = page.locator(f'{P}chat_status').first.inner_text()
+            summary['on_off'] = page.locator(f'{P}onoff').first.inner_text()
 
             # edit: drag the nearest region two steps right, recolour it, send it back one place
             state = json.loads(page.evaluate('sel => document.querySelector(sel).value',

@@ -90,8 +90,9 @@ def test_regions_and_image_prompt_together(webui, job, canvas, host, sdxl):
     runs = {'plain': plain, 'ip_alone': ip_alone, 'omost_alone': omost_alone, 'both': both, 'plain_after': again}
     _evidence('ipadapter', host=host, arch='sdxl' if sdxl else 'sd15', order=order, model=unit['model'],
               module=unit['module'], pixels={k: r.pixels[0] for k, r in runs.items()},
-              seconds={k: r.seconds for k, r in runs.items()}, infotext_both=both.infotexts[0])
-    assert ip_alone.pixels != plain.pixels, 'IP-Adapter alone changed nothing: is the model loaded?'
+              seconds={k: r.seconds for k, r in runs.items()}, infotext_both=both.infotexts[0],
+              infotext_ip_alone=ip_alone.infotexts[0])
+    assert ip_alone.pixels != plain.pixels, f'IP-Adapter alone changed nothing; its infotext: {ip_alone.infotexts[0]}'
     assert len({plain.pixels[0], ip_alone.pixels[0], omost_alone.pixels[0], both.pixels[0]}) == 4
     assert again.pixels == plain.pixels  # nothing of either extension outlives its job
     info = both.infotexts[0]

@@ -560,10 +560,10 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                                                          label='Prompt box text goes to (every region / global)',
                                                          elem_id=elem_id('omost_opt_prompt_target'))
                     c['options_status'] = gr.HTML('', elem_id=elem_id('omost_options_status'))
-                    # The hidden JSON is what generation reads. Its label makes Settings > Defaults save and restore
-                    # it with the labelled controls (modules/ui_loadsave.py: UiLoadsave.add_block tracks labelled
-                    # components only), so a restored Region strength 0.8 is also what renders.
-                    options_text = gr.Textbox(defaults.to_json(), label='Omost options JSON', visible=False,
+                    # The hidden JSON is what generation reads. Unlabelled: with a label (so that Settings > Defaults
+                    # would save it, modules/ui_loadsave.py: UiLoadsave.add_block tracks labelled components only)
+                    # gradio 3.41's chat stream stops drawing the editor; saved defaults are an open problem.
+                    options_text = gr.Textbox(defaults.to_json(), visible=False,
                                               elem_id=elem_id('omost_options'))
                 from omost_webui.ui_guidance import build_guidance_ui
                 guidance = build_guidance_ui(elem_id, canvas_text)

@@ -190,6 +190,8 @@ def _build_tab(script_module, tab='txt2img'):
     return block, controls
 
 
+@pytest.mark.xfail(strict=True, reason='the hidden options JSON is unlabelled (a label breaks gradio 3.41 '
+                   'streaming), so ui_loadsave does not restore it: issue 12 item 13 is open')
 def test_saved_defaults_are_what_generation_reads(omost_settings):
     """Settings > Defaults > Apply after the user moved Region strength to 0.8 in the browser (where the slider's
     input event has already rewritten the hidden options JSON), then a restart: the slider and the JSON the

@@ -1,10 +1,9 @@
-"""Hostile and broken input: nothing is ever executed, nothing but CanvasError escapes, everything ends fast."""
+"""Hostile and broken input: nothing is ever executed, nothing but CanvasError escapes, every input ends (a hang fails the test through pytest-timeout)."""
 
 import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -72,15 +71,14 @@ def hostile_corpus(marker):
 def test_hostile_corpus_never_executes(tmp_path):
     marker = str(tmp_path / 'MARKER')
     outcomes = {}
+    # Work that never ends (a power bomb, a loop that ran) would hang here until pytest-timeout fails the test;
+    # how fast parsing is, is measured by `python -m lib_omost bench canvas`, not asserted.
     for name, text in hostile_corpus(marker).items():
-        start = time.perf_counter()
         try:
             result = load_canvas(text)
             outcomes[name] = ('parsed', result.warnings)
         except CanvasError as e:
             outcomes[name] = ('rejected', str(e))
-        elapsed = time.perf_counter() - start
-        assert elapsed < 1.0, f'{name}: {elapsed:.2f}s'
         assert not os.path.exists(marker), name
     # statements outside the whitelist are ignored with a warning; bad arguments are rejected with a reason
     assert outcomes['import'][0] == 'parsed' and 'ignored an import' in outcomes['import'][1][0]

@@ -168,6 +168,15 @@ def main():
             summary['page_errors'] = errors
             page.locator(f'#script_txt2img_omost_omost').scroll_into_view_if_needed()
             shot(page, 'after_paste', f'#script_txt2img_omost_omost')
+            # Image guidance: open the accordion, give guide 1 an image and region 2, look at it
+            page.locator(f'{P}guidance .label-wrap').first.click()
+            guide = io.BytesIO()
+            Image.new('RGB', (96, 64), (200, 60, 30)).save(guide, 'PNG')
+            page.locator(f'{P}guide_0_image input[type=file]').first.set_input_files(
+                files=[{'name': 'guide.png', 'mimeType': 'image/png', 'buffer': guide.getvalue()}])
+            page.wait_for_timeout(3000)
+            page.locator(f'{P}guidance').first.scroll_into_view_if_needed()
+            shot(page, 'guidance', f'{P}guidance')
             browser.close()
     finally:
         llm.terminate()

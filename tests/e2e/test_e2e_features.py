@@ -60,14 +60,16 @@ def test_sketch_start(webui, job, canvas, reference):
     assert '"sketch":true' in sketch.infotexts[0].replace(' ', '').replace('\\', '')
 
 
-def test_lora(webui, job, canvas, reference):
-    lora = 'a fierce battle <lora:random_lora:1>'
+def test_lora(webui, job, canvas, reference, sdxl):
+    # The harness's random_lora fits SD1.5; SDXL gets random_lora_xl (tests/e2e/make_sdxl_lora.py)
+    name = 'random_lora_xl' if sdxl else 'random_lora'
+    lora = f'a fierce battle <lora:{name}:1>'
     plain_lora = webui.txt2img(job(prompt=lora)).ok()
     omost_alone = reference('omost')
     both = webui.txt2img(job(prompt=lora, alwayson_scripts=omost_args(canvas))).ok()
     assert len({plain_lora.pixels[0], omost_alone.pixels[0], both.pixels[0]}) == 3
     assert both.infotexts[0].startswith(lora)  # the user's prompt, tag and all, stays in the infotext
-    assert 'random_lora' in both.infotexts[0].split('\n')[-1]  # the host recorded the LoRA it applied
+    assert name in both.infotexts[0].split('\n')[-1]  # the host recorded the LoRA it applied
 
 
 def _controlnet_unit(webui, host):

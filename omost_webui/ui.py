@@ -578,11 +578,13 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                                                          label='Prompt box text goes to (every region / global)',
                                                          elem_id=elem_id('omost_opt_prompt_target'))
                     c['options_status'] = gr.HTML('', elem_id=elem_id('omost_options_status'))
-                    # The hidden JSON is what generation reads. Unlabelled: with a label (so that Settings > Defaults
-                    # would save it, modules/ui_loadsave.py: UiLoadsave.add_block tracks labelled components only)
-                    # gradio 3.41's chat stream stops drawing the editor; saved defaults are an open problem.
-                    options_text = gr.Textbox(defaults.to_json(), visible=False,
-                                              elem_id=elem_id('omost_options'))
+                    # The hidden JSON is what generation reads. Its value is a function, run by gradio on every page
+                    # load, that reads the option controls: Settings > Defaults sets the saved values on these
+                    # labelled controls after ui() returned (modules/ui.py: create_ui calls UiLoadsave.add_block
+                    # on the built tab), so the page's JSON says what its controls show. Unlabelled, the JSON is
+                    # never saved on its own; a fresh ui() (the API's default args) gives RenderOptions().
+                    options_text = gr.Textbox(lambda: options_from_controls(*(o[n].value for n in OPTION_NAMES))[0],
+                                              visible=False, elem_id=elem_id('omost_options'))
                 from omost_webui.ui_guidance import build_guidance_ui
                 guidance = build_guidance_ui(elem_id, canvas_text)
 

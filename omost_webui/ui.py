@@ -103,9 +103,25 @@ def editor_state(session, canvas_text: str, width=1024, height=1024) -> tuple:
     return json.dumps(state), canvas_summary(result), result
 
 
-def canvas_changed(session, canvas_text, width=1024, height=1024):
+def _same_view(state_a, state_b) -> bool:
+    """Whether two editor states draw the same thing (canvas or error, image size); `ack` and `live` aside."""
+    try:
+        a, b = json.loads(state_a or 'null'), json.loads(state_b or 'null')
+    except ValueError:
+        return False
+    keys = ('canvas', 'error', 'width', 'height')
+    return isinstance(a, dict) and isinstance(b, dict) and all(a.get(k) == b.get(k) for k in keys)
+
+
+def canvas_changed(session, canvas_text, width=1024, height=1024, shown=None):
     """The code box changed (user, chat, pasted infotext, the editor): (editor state, status, code update).
-    Canvas JSON and whole replies become code."""
+    Canvas JSON and whole replies become code.
+
+    shown: the editor state the browser had when the change fired. When it already draws this canvas (the chat
+    and the editor send the state along with the code), nothing is written. On gradio 3 the change of a canvas
+    streamed early in a reply can be handled after the reply ended; writing its (then stale) state would
+    overwrite the final one for good, as gradio 3.41 drops the final canvas's own change event while that one is
+    still pending (js/app/src/Blocks.svelte: trigger_api_call returns on a pending or generating status)."""
     new_text = gr.update()
     if session.busy:  # a reply is streaming: the chat writes the editor state itself, in order
         return new_text, new_text, new_text
@@ -113,6 +129,8 @@ def canvas_changed(session, canvas_text, width=1024, height=1024):
     state, status, result = editor_state(session, canvas_text, width, height)
     if session.state_rev != rev:  # a newer canvas is being read: let it write, or an old state could win
         return new_text, new_text, new_text
+    if shown is not None and _same_view(shown, state):
+        state = status = gr.update()
     text = (canvas_text or '').lstrip()
     if result is not None and (text[:1] in ('{', '[') or '```' in text or text.startswith(INFOTEXT_PREFIX)):
         try:  # show pasted JSON / a pasted reply as code; ComfyUI JSON has no code form and stays JSON
@@ -560,11 +578,13 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                                                          label='Prompt box text goes to (every region / global)',
                                                          elem_id=elem_id('omost_opt_prompt_target'))
                     c['options_status'] = gr.HTML('', elem_id=elem_id('omost_options_status'))
-                    # The hidden JSON is what generation reads. Unlabelled: with a label (so that Settings > Defaults
-                    # would save it, modules/ui_loadsave.py: UiLoadsave.add_block tracks labelled components only)
-                    # gradio 3.41's chat stream stops drawing the editor; saved defaults are an open problem.
-                    options_text = gr.Textbox(defaults.to_json(), visible=False,
-                                              elem_id=elem_id('omost_options'))
+                    # The hidden JSON is what generation reads. Its value is a function, run by gradio on every page
+                    # load, that reads the option controls: Settings > Defaults sets the saved values on these
+                    # labelled controls after ui() returned (modules/ui.py: create_ui calls UiLoadsave.add_block
+                    # on the built tab), so the page's JSON says what its controls show. Unlabelled, the JSON is
+                    # never saved on its own; a fresh ui() (the API's default args) gives RenderOptions().
+                    options_text = gr.Textbox(lambda: options_from_controls(*(o[n].value for n in OPTION_NAMES))[0],
+                                              visible=False, elem_id=elem_id('omost_options'))
                 from omost_webui.ui_guidance import build_guidance_ui
                 guidance = build_guidance_ui(elem_id, canvas_text)
 
@@ -575,8 +595,9 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
     # the image size; an editor edit rewrites the code. Unqueued: they must not wait behind a streaming reply.
     size = list(image_size or [])
     session, state, edit = c['session'], c['editor_state'], c['editor_edit']
-    canvas_text.change(canvas_changed, [session, canvas_text] + size, [state, c['preview_status'], canvas_text],
-                       queue=False)
+    # The code box's change also sends the editor state the browser shows (canvas_changed: `shown`).
+    canvas_text.change(lambda s, shown, text, *wh: canvas_changed(s, text, *wh, shown=shown),
+                       [session, state, canvas_text] + size, [state, c['preview_status'], canvas_text], queue=False)
     for component in size:
         component.change(lambda *args: canvas_changed(*args)[:2], [session, canvas_text] + size,
                          [state, c['preview_status']], queue=False)

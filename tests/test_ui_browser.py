@@ -480,3 +480,48 @@ def test_the_live_preview_shows_regions_before_the_reply_ends(page, llm):
                                arg=f'{T}chat_status', timeout=WAIT_MS)
     finally:
         llm.httpd.script.delay = 0.02
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Settings > Defaults: the app started with a saved ui-config.json (tests/ui_app.py --ui-config)
+
+
+@pytest.mark.parametrize('version', ['4.40.0', '3.41.2'])
+def test_saved_ui_defaults_are_what_the_script_receives(browser, version):
+    """Region strength 0.8 and To step 0.6 saved as defaults, applied by the hosts' UiLoadsave after the tab was
+    built: the sliders show them and the options the script receives say the same, with no control touched; a
+    pasted infotext still sets the options."""
+    if not os.path.exists(PYTHONS[version]):
+        pytest.skip(f'no venv with gradio {version} at {PYTHONS[version]}')
+    saved = {'txt2img/Region strength/value': 0.8, 'txt2img/To step (fraction)/value': 0.6}
+    with ui_app(version, 'http://127.0.0.1:9/v1', ui_config=saved) as url:
+        page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+        try:
+            page.goto(url)
+            page.wait_for_selector('#txt2img_echo', timeout=WAIT_MS)
+            open_accordion(page, 'txt2img_omost_options_accordion')
+            assert page.locator(f'{T}opt_strength input[type=number]').input_value() == '0.8'
+            assert page.locator(f'{T}opt_end input[type=number]').input_value() == '0.6'
+            wanted = RenderOptions(strength=0.8, end=0.6)
+            assert echoed_options(page, wanted) == wanted
+            pasted = RenderOptions(strength=0.5, sketch=True)
+            box(page, 'txt2img_pasted').fill(json.dumps([True, '', pasted.to_json()]))
+            page.click('#txt2img_paste')
+            page.wait_for_function('sel => document.querySelector(sel).value == "0.5"',
+                                   arg=f'{T}opt_strength input[type=number]', timeout=WAIT_MS)
+            assert echoed_options(page, pasted) == pasted
+        finally:
+            page.close()
+
+
+def echoed_options(page, wanted):
+    """The options the script would receive (the Echo button), once they are `wanted` or after WAIT_MS (the page's
+    load event writes them: the test waits for it, and touches no control)."""
+    options, waited = None, 0
+    while options != wanted and waited < WAIT_MS:
+        page.click('#txt2img_echo')
+        page.wait_for_timeout(250)
+        waited += 250
+        text = box(page, 'txt2img_echoed').input_value()
+        options = parse_options(json.loads(text)[2]) if text else None
+    return options

@@ -278,6 +278,29 @@ def test_the_canvas_follows_a_streaming_reply():
     assert steps[-1][2] == extract_code(REPLY)
 
 
+def test_a_late_change_event_of_a_streamed_canvas_leaves_the_final_editor_state():
+    """Gradio 3.41 drops an unqueued event while the same event is still pending (js/app/src/Blocks.svelte:
+    trigger_api_call), so the code box's change for an early streamed canvas can be the last one handled, after the
+    reply ended. The browser sends the state it showed with that canvas: nothing may be written then."""
+    session = ui.ChatSession()
+    with canvas_server(REPLY, chunks=60, delay=0.02) as slow:
+        args = dict(kind='server', server_url=slow.url, server_model='', api_key='', local_model='', keep_loaded=True,
+                    seed=1, temperature=0.6, top_p=0.9, max_new_tokens=4096)
+        steps = list(ui.chat_with_editor('new', session, 'dragon', *args.values(), canvas_text='',
+                                         image_size=(1024, 1024)))
+    shown = [(step[2], step[4]) for step in steps if isinstance(step[2], str)]  # (code, editor state) pairs sent
+    early_code, early_state = shown[0]
+    final_code, final_state = shown[-1]
+    assert len(load_canvas(early_code).canvas.local_regions) < 4 == len(json.loads(final_state)['canvas']['regions'])
+    assert not session.busy  # the reply ended; now the early canvas's change event is handled
+    assert all(is_noop(u) for u in ui.canvas_changed(session, early_code.rstrip(), 1024, 1024, shown=early_state))
+    assert all(is_noop(u) for u in ui.canvas_changed(session, final_code, 1024, 1024, shown=final_state))
+    # a canvas the editor does not show yet (typed, pasted), or a new image size, is still drawn
+    state, status, _ = ui.canvas_changed(session, DINOSAUR, 1024, 1024, shown=final_state)
+    assert json.loads(state)['canvas'] == load_canvas(DINOSAUR).canvas.to_json() and 'regions' in status
+    assert json.loads(ui.canvas_changed(session, final_code, 512, 1024, shown=final_state)[0])['width'] == 512
+
+
 def test_server_down_keeps_the_message_and_the_conversation():
     session = ui.ChatSession()
     session.conversation = Conversation([('earlier', 'reply')])

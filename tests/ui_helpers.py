@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import subprocess
+import tempfile
 import time
 import urllib.request
 
@@ -65,15 +66,21 @@ def chat_bodies(server: LoopbackServer) -> list:
 
 
 @contextlib.contextmanager
-def ui_app(gradio_version: str, server_url: str, timeout: float = 60.0):
-    """Run tests/ui_app.py under the venv that has `gradio_version`; yields its base URL."""
+def ui_app(gradio_version: str, server_url: str, timeout: float = 60.0, ui_config: dict | None = None):
+    """Run tests/ui_app.py under the venv that has `gradio_version`; yields its base URL. ui_config: saved UI
+    defaults (the WebUI's ui-config.json) to start with."""
     python = PYTHONS[gradio_version]
     port = free_port()
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED='False', PYTHONDONTWRITEBYTECODE='1', NO_PROXY='127.0.0.1')
     env.pop('PYTHONPATH', None)
-    proc = subprocess.Popen([python, os.path.join(ROOT, 'tests', 'ui_app.py'), '--port', str(port),
-                             '--server-url', server_url], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = [python, os.path.join(ROOT, 'tests', 'ui_app.py'), '--port', str(port), '--server-url', server_url]
+    config_dir = tempfile.TemporaryDirectory()
+    if ui_config is not None:
+        path = os.path.join(config_dir.name, 'ui-config.json')
+        with open(path, 'w', encoding='utf-8') as f:
+            json.dump(ui_config, f)
+        args += ['--ui-config', path]
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f'http://127.0.0.1:{port}/'
     try:
         deadline = time.monotonic() + timeout
@@ -97,6 +104,7 @@ def ui_app(gradio_version: str, server_url: str, timeout: float = 60.0):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        config_dir.cleanup()
 
 
 def check_app(gradio_version: str) -> dict:

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from api_host import client, host_app, post
 from webui_helpers import SMALL, A1111Model, Rig, images_equal, omost, tiny_ldm_unet
 
 
@@ -80,6 +81,170 @@ def test_a_refusal_reads_the_same_in_the_ui_error_box(rig):
     with pytest.raises(Exception) as info:
         rig.generate(['yes', SMALL, ''])
     assert f'{type(info.value).__name__}: {info.value}'.startswith('OmostInputError: Omost script arg 0 (enabled)')
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Script args as an object of named args: the gate in front of the host's txt2img/img2img endpoints
+
+
+@pytest.fixture(params=['a1111', 'forge'])
+def host(request, rig):
+    """(client, jobs): the host's API over `rig` as A1111 or Forge set it up, with the extension's gate."""
+    app, jobs = host_app(rig, forge=request.param == 'forge')
+    return client(app), jobs
+
+
+@pytest.mark.parametrize('forge', [False, True], ids=['a1111', 'forge'])
+def test_without_the_gate_an_object_of_args_is_a_host_500(rig, forge):
+    """What issue 12 item 14 reported: the host's init_script_args indexes the object (KeyError: 0)."""
+    from modules import errors
+    app, jobs = host_app(rig, forge, started=False)
+    assert post(client(app), {'enabled': True, 'canvas': SMALL}).status_code == 500 and jobs == []
+    if not forge:  # A1111 reports it with a traceback (Forge's server logs it)
+        assert 'KeyError' in errors.reported[0][1]
+        errors.reported.clear()
+
+
+def test_named_args_render_like_the_list(host, with_omost, baseline):
+    test_client, jobs = host
+    for route, key, args in [('txt2img', 'Omost', {'enabled': True, 'canvas': SMALL, 'options': {}, 'guidance': []}),
+                             ('img2img', 'omost', {'canvas': SMALL, 'enabled': 'true'}),
+                             ('txt2img', 'OMOST', {'enabled': 1, 'canvas': SMALL, 'guidance': []}),  # a gap
+                             ('txt2img', 'Omost', [True, SMALL])]:  # a list as before
+        response = post(test_client, args, route, key)
+        assert response.status_code == 200, response.text
+        assert images_equal(jobs[-1][1], with_omost) and 'Omost: ' in response.json()['info']
+    weaker = post(test_client, {'options': {'strength': 0.5}, 'canvas': SMALL, 'enabled': True}).json()
+    assert weaker == post(test_client, [True, SMALL, {'strength': 0.5}]).json() and 'strength 0.5' in weaker['info']
+    assert images_equal(jobs[-1][1], jobs[-2][1]) and not images_equal(jobs[-1][1], with_omost)
+    response = post(test_client, {'enabled': False, 'canvas': SMALL})
+    assert response.status_code == 200 and images_equal(jobs[-1][1], baseline)
+    assert 'Omost' not in response.json()['info']
+
+
+@pytest.mark.parametrize('args, detail', [
+    ('true', ('Omost args must be a list [enabled, canvas, options, guidance] (options and guidance optional) or '
+              'an object with those names, e.g. {"enabled": true, "canvas": "..."}; got a string')),
+    (5, 'Omost args must be a list [enabled, canvas, options, guidance]'),
+    (None, 'Omost args must be a list'),
+    ({'canvas': SMALL}, 'Omost args by name need "enabled" (true or false)'),
+    ({'enabled': True, 'canvass': SMALL},
+     'unknown Omost arg name(s) canvass; known: enabled, canvas, options, guidance'),
+])
+def test_other_shapes_are_refused_with_422_and_one_console_line(host, capsys, args, detail):
+    test_client, jobs = host
+    response = post(test_client, args)
+    assert response.status_code == 422 and jobs == []  # nothing was queued
+    body = response.json()
+    assert body['error'] == 'OmostInputError' and body['detail'].startswith(detail)
+    assert capsys.readouterr().out.strip().splitlines() == [f'[Omost] {body["detail"]}']  # (no report: host_state)
+
+
+@pytest.mark.parametrize('entry', [[True, SMALL], 'args'])
+def test_an_omost_entry_that_is_not_an_object_is_refused(host, entry):
+    """The host would ignore a list there (Omost silently off) and fail on a string."""
+    test_client, jobs = host
+    response = test_client.post('/sdapi/v1/txt2img', json={'alwayson_scripts': {'Omost': entry}})
+    assert response.status_code == 422 and jobs == []
+    assert response.json()['detail'].startswith('alwayson_scripts.Omost must be an object {"args": ...}')
+
+
+def test_bad_named_values_are_refused_by_the_script_as_before(host):
+    test_client, jobs = host
+    response = post(test_client, {'enabled': 'yes', 'canvas': SMALL})
+    assert response.status_code == 422 and jobs == []  # the job raised: the host answers our error
+    assert response.json()['detail'].startswith('Omost script arg 0 (enabled)')
+
+
+A1111_PYTHON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.venv-a1111', 'bin',
+                            'python')
+
+
+@pytest.mark.skipif(not os.path.exists(A1111_PYTHON), reason='the A1111-like venv (fastapi 0.94) is not set up')
+def test_the_gate_under_fastapi_0_94(tmp_path):
+    """The same host shapes under A1111's fastapi 0.94 and pydantic 1 (run in the A1111-like venv)."""
+    import subprocess
+    tests = os.path.dirname(os.path.abspath(__file__))
+    code = f'import sys; sys.path[:0] = [{tests!r}, {os.path.dirname(tests)!r}]\nimport api_host; api_host.main()'
+    out = subprocess.run([A1111_PYTHON, '-c', code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    answers = {'list': [200, True], 'named': [200, True], 'named off': [200, False],
+               'string': [422, 'OmostInputError'], 'no enabled': [422, 'OmostInputError'], 'no gate, named': 500}
+    assert result == {'fastapi': '0.94.0', 'a1111': answers, 'forge': answers}
+
+
+def test_positional_args_and_rewrite_request():
+    from omost_webui.api_args import positional_args, rewrite_request
+    assert positional_args([True]) == [True]
+    assert positional_args({'guidance': [], 'enabled': True}) == [True, None, None, []]
+    assert positional_args({'enabled': False}) == [False]
+    untouched = [b'', b'not json', b'{"prompt": "alwayson_scripts"}', b'{"alwayson_scripts": []}',
+                 b'[1, "alwayson_scripts"]', b'{"alwayson_scripts": {"Omost": {"args": [true, "x"]}}}',
+                 b'{"alwayson_scripts": {"Omost": {}}}',
+                 b'{"alwayson_scripts": {"ControlNet": {"args": {"enabled": true}}, "omost": {"args": []}}}']
+    assert [rewrite_request(body) for body in untouched] == [None] * len(untouched)
+    body = {'prompt': 'p', 'alwayson_scripts': {'ControlNet': {'args': {'x': 1}}, 'oMost': {'args': {'enabled': 1}}}}
+    body['alwayson_scripts']['Omost'] = {'args': {'enabled': True, 'options': {'strength': 0.5}}}
+    rewritten = json.loads(rewrite_request(json.dumps(body).encode()))
+    assert rewritten['alwayson_scripts'] == {'ControlNet': {'args': {'x': 1}}, 'oMost': {'args': [1]},
+                                             'Omost': {'args': [True, None, {'strength': 0.5}]}}
+    assert rewritten['prompt'] == 'p'
+
+
+def test_the_gate_replays_every_other_body_as_it_came():
+    """A request the gate leaves alone reaches the endpoint as the same ASGI messages (chunks included); a
+    rewritten one as one message with its new length."""
+    import asyncio
+    from omost_webui.api_args import ArgsGate
+
+    def through_gate(chunks, left=False):
+        """(the messages the client sent, what the endpoint got); `left`: the client disconnects mid-body."""
+        seen = {'messages': []}
+
+        async def endpoint(scope, receive, send):
+            seen['scope'] = scope
+            while not seen['messages'] or seen['messages'][-1]['type'] != 'http.disconnect':
+                seen['messages'].append(await receive())
+
+        incoming = [{'type': 'http.request', 'body': c, 'more_body': left or i < len(chunks) - 1}
+                    for i, c in enumerate(chunks)] + [{'type': 'http.disconnect'}]
+        sent = list(incoming)
+
+        async def receive():
+            return sent.pop(0)
+        scope = {'type': 'http', 'method': 'POST', 'path': '/sdapi/v1/txt2img', 'headers': [(b'content-length', b'1')]}
+        asyncio.run(ArgsGate(endpoint)(scope, receive, lambda message: None))
+        return incoming, seen
+
+    for chunks, left in [([b'{"alwayson_scripts": {"Omost": {"ar', b'gs": [true, "x"]}}, "prompt": "\\u00e9"}'], False),
+                         ([b'{"prompt": "a"}'], False),
+                         ([b'{"alway', b'son_scripts": {"Omost": {"args": {"enabled": true}}}}'], True)]:
+        incoming, seen = through_gate(chunks, left)
+        assert seen['messages'] == incoming and seen['scope']['headers'] == [(b'content-length', b'1')]
+    incoming, seen = through_gate([b'{"alwayson_scripts": {"Omost": ', b'{"args": {"enabled": true}}}}'])
+    body = b'{"alwayson_scripts": {"Omost": {"args": [true]}}}'
+    assert seen['messages'] == [{'type': 'http.request', 'body': body, 'more_body': False}, incoming[-1]]
+    assert seen['scope']['headers'] == [(b'content-length', str(len(body)).encode())]
+
+
+def test_the_gate_is_only_in_front_of_the_two_endpoints(rig):
+    """The app's middleware stack and every other route are as the host left them; a second app_started (a UI
+    reload on the same app) adds no second gate."""
+    from omost_webui.api_args import ArgsGate, install
+    app, _ = host_app(rig, started=False)
+    app.add_api_route('/sdapi/v1/options', lambda: {'ok': 1}, methods=['GET'])
+    client(app).get('/sdapi/v1/options')  # the stack is built on the first request, as after gradio's launch
+    stack, middleware = app.middleware_stack, list(app.user_middleware)
+    before = {route.path: route.app for route in app.router.routes}
+    assert install(app) == 2 and install(app) == 2
+    assert app.middleware_stack is stack and app.user_middleware == middleware
+    for route in app.router.routes:
+        if route.path in ('/sdapi/v1/txt2img', '/sdapi/v1/img2img'):
+            assert isinstance(route.app, ArgsGate) and route.app.app is before[route.path]
+        else:
+            assert route.app is before[route.path]
+    assert install(type('NoApi', (), {})()) == 0  # a WebUI without --api
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -282,19 +282,69 @@ def omost_settings(tmp_path, monkeypatch):
             shared.opts.data.pop(key, None)
 
 
-@pytest.mark.parametrize('key', ['omost_presets_file', 'omost_models_dir'])
+# What generation and the UI read of each path setting (the model settings also take model names)
+READ = {'omost_presets_file': 'presets_path', 'omost_models_dir': 'models_dir', 'omost_vision_path': 'vision_path',
+        'omost_local_model': 'local_model', 'omost_gguf_model': 'gguf_model'}
+
+
+@pytest.mark.parametrize('key', list(READ))
 def test_path_settings_are_out_of_the_options_apis_reach(omost_settings, tmp_path, key):
     from omost_webui import settings
-    outside = str(tmp_path / 'elsewhere' / ('presets.json' if key == 'omost_presets_file' else 'llms'))
+    outside = str(tmp_path / 'elsewhere' / ('presets.json' if key == 'omost_presets_file' else 'x'))
     before = omost_settings.data[key]
-    # A1111's POST /sdapi/v1/options: Options.set(..., is_api=True) skips restricted options
+    # A1111's POST /sdapi/v1/options and both hosts' override_settings: Options.set(..., is_api=True) skips
+    # restricted options
     assert omost_settings.data_labels[key].restrict_api is True
     assert not omost_settings.set(key, outside, is_api=True) and omost_settings.data[key] == before
     # Forge's calls Options.set without is_api (modules/sysinfo.py: set_config): the onchange refuses the folder
     assert not omost_settings.set(key, outside) and omost_settings.data[key] == before
     inside = str(tmp_path / 'data' / 'mine' / 'x')
     assert omost_settings.set(key, inside) and omost_settings.data[key] == inside  # the UI can still move it
-    assert (settings.presets_path() if key == 'omost_presets_file' else settings.models_dir()) == inside
+    assert getattr(settings, READ[key])() == inside
+    assert set(settings.PATH_SETTINGS) == set(READ)
+
+
+@pytest.mark.parametrize('key', ['omost_vision_path', 'omost_local_model', 'omost_gguf_model'])
+def test_a_path_from_config_json_outside_the_folders_is_ignored(omost_settings, tmp_path, capsys, key):
+    from omost_webui import settings
+    (tmp_path / 'elsewhere').mkdir()
+    (tmp_path / 'data').mkdir()
+    os.symlink(tmp_path / 'elsewhere', tmp_path / 'data' / 'link')  # a symlink inside does not lead outside
+    for outside in (tmp_path / 'elsewhere' / 'x.gguf', tmp_path / 'data' / 'link' / 'x.gguf', '~/x.gguf'):
+        omost_settings.data[key] = str(outside)  # e.g. an old config.json
+        assert getattr(settings, READ[key])() == ''
+        assert not omost_settings.set(key, str(outside) + ' ')  # nor can the Settings tab put it there
+    printed = capsys.readouterr().out
+    assert f'[Omost] the setting {key} = ' in printed and 'outside the WebUI\'s data and models folders; ignoring it' \
+        in printed
+    current = settings.current()
+    assert current.get(key[len('omost_'):], '') == ''
+
+
+def test_the_model_settings_still_take_model_names(omost_settings, tmp_path):
+    from lib_omost.llm.models import DEFAULT_GGUF, DEFAULT_MODEL, OMOST_MODELS
+    from omost_webui import settings
+    for name in (DEFAULT_MODEL, OMOST_MODELS[DEFAULT_MODEL].folder):
+        assert omost_settings.set('omost_local_model', name) and settings.current()['local_model'] == name
+    assert omost_settings.set('omost_gguf_model', DEFAULT_GGUF) and settings.current()['gguf_model'] == DEFAULT_GGUF
+    models = tmp_path / 'data' / 'models' / 'omost'
+    models.mkdir(parents=True)
+    (models / 'mine.gguf').write_bytes(b'GGUF')  # a relative name is looked up in the models folder
+    assert omost_settings.set('omost_gguf_model', 'mine.gguf') and settings.gguf_model() == 'mine.gguf'
+    assert not omost_settings.set('omost_gguf_model', 'other.gguf')  # else in the working folder: outside here
+
+
+def test_image_guidance_never_searches_a_vision_path_outside(omost_settings, tmp_path, monkeypatch):
+    from lib_omost import vision
+    from omost_webui import guidance_step
+    searched = []
+    monkeypatch.setattr(vision, 'find_tower', lambda width, candidates: searched.extend(candidates))
+    monkeypatch.setattr(guidance_step, 'search_folders', lambda: [])
+    omost_settings.data.update(omost_vision_url_768='', omost_vision_path=str(tmp_path / 'elsewhere'))
+    assert guidance_step.resolve_towers([768]) == {} and searched == []
+    omost_settings.data['omost_vision_path'] = inside = str(tmp_path / 'data' / 'towers')
+    guidance_step.resolve_towers([768])
+    assert searched == [inside]
 
 
 def test_the_presets_text_is_never_written_outside_the_data_folder(omost_settings, tmp_path, capsys):

@@ -9,17 +9,7 @@ import sys
 import pytest
 
 from api_host import client, host_app, post
-from webui_helpers import SMALL, A1111Model, Rig, images_equal, omost, tiny_ldm_unet
-
-
-@pytest.fixture(scope='module')
-def rig():
-    return Rig(A1111Model(tiny_ldm_unet()))
-
-
-@pytest.fixture(scope='module')
-def baseline(rig):
-    return rig.generate(bare=True)[1]
+from webui_helpers import SMALL, Rig, images_equal, omost
 
 
 @pytest.fixture(scope='module')

@@ -146,7 +146,8 @@ def is_enabled(value) -> bool:
     try:
         return parse_switch(value, 'Omost script arg 0 (enabled)')
     except CanvasError as e:
-        raise OmostInputError(f'{e}; the args are [enabled, canvas, options]') from None
+        raise OmostInputError(f'{e}; the args are [enabled, canvas, options, guidance] or an object with those '
+                              'names') from None
 
 
 def before_process(p, enabled, canvas_text, options_text):

@@ -87,7 +87,7 @@ def resolve_towers(widths, say=print) -> dict:
     """{width: path} for each width that has a tower: the user's file or folder (Settings > Omost), the hosts'
     folders, models/omost/clip_vision, then a download into the latter (when a URL is set)."""
     from omost_webui import settings
-    user = (settings.get('omost_vision_path', '') or '').strip()
+    user = settings.vision_path()
     found = {}
     for width in widths:
         path = vision.find_tower(width, ([user] if user else []) + search_folders())

@@ -35,11 +35,13 @@ def data_dir() -> str:
 
 
 # Settings that are paths. Anyone who can reach the WebUI's API can change settings (POST /sdapi/v1/options), and
-# the extension writes there (the presets text, model downloads). `restrict_api` keeps them out of A1111's options
-# API (modules/options.py: Options.set returns early `if is_api and option.restrict_api`), but Forge's options API
-# calls modules/sysinfo.py: set_config(req) with is_api=False; so every path is also confined to the WebUI's data
-# and models folders (and a folder named on the command line), wherever it came from.
-PATH_SETTINGS = ('omost_presets_file', 'omost_models_dir')
+# the extension reads and writes there (the presets text, model downloads, LLM and vision weights it loads).
+# `restrict_api` keeps them out of A1111's options API (modules/options.py: Options.set returns early `if is_api and
+# option.restrict_api`), but Forge's options API calls modules/sysinfo.py: set_config(req) with is_api=False; so
+# every path is also confined to the WebUI's data and models folders (and a folder named on the command line),
+# wherever it came from. The model settings also take model names, which are no path.
+PATH_SETTINGS = ('omost_presets_file', 'omost_models_dir', 'omost_vision_path', 'omost_local_model',
+                 'omost_gguf_model')
 
 
 def allowed_roots() -> list:
@@ -60,14 +62,30 @@ def confined(path: str) -> bool:
     return any(inside(root) for root in allowed_roots())
 
 
+def setting_path(key: str, value: str) -> str | None:
+    """The path a path setting's value stands for, found the way the code that uses it finds it; None for a
+    model name (the local model: an Omost catalogue name that is no folder, lib_omost/llm/local.py:
+    LocalBackend.locate; the GGUF model: a known GGUF name, whose file is in the confined models folder)."""
+    if key == 'omost_local_model':
+        from lib_omost.llm.models import catalogue_entry
+        return None if catalogue_entry(value) is not None and not os.path.isdir(value) else value
+    if key == 'omost_gguf_model':
+        from lib_omost.llm.gguf import gguf_file
+        from lib_omost.llm.models import GGUF_MODELS
+        return None if value in GGUF_MODELS else gguf_file(value, models_dir())
+    return value
+
+
 def _confined_setting(key: str, default: str) -> str:
     value = (get(key, '') or '').strip()
     if not value:
         return default
-    if confined(value):
+    path = setting_path(key, value)
+    if path is None or confined(path):
         return value
-    message = (f'the setting {key} = {value!r} is outside the WebUI\'s data and models folders; using {default!r} '
-               'instead (a folder given with --omost-models-dir is allowed too)')
+    instead = f'using {default!r} instead' if default else 'ignoring it'
+    message = (f'the setting {key} = {value!r} is outside the WebUI\'s data and models folders; {instead} (a '
+               'folder given with --omost-models-dir is allowed too)')
     if message not in _said:
         _said.add(message)
         print(f'[Omost] {message}')
@@ -78,11 +96,17 @@ _said = set()
 
 
 def check_path_setting(key: str):
-    """Settings `onchange` of a path setting: refuse a folder outside `allowed_roots` (the host then reports the
+    """Settings `onchange` of a path setting: refuse a path outside `allowed_roots` (the host then reports the
     error and restores the old value)."""
     value = (get(key, '') or '').strip()
-    if value and not confined(value):
+    path = setting_path(key, value) if value else None
+    if path is not None and not confined(path):
         raise ValueError(f'{key} must be inside the WebUI\'s data or models folder ({", ".join(allowed_roots())})')
+
+
+def _path_setting(key: str) -> dict:
+    """The OptionInfo extras of a path setting: out of A1111's options API, and confined when changed."""
+    return {'onchange': lambda: check_path_setting(key), 'restrict_api': True}
 
 
 def presets_path() -> str:
@@ -91,6 +115,19 @@ def presets_path() -> str:
 
 def models_dir() -> str:
     return _confined_setting('omost_models_dir', default_models_dir())
+
+
+def vision_path() -> str:
+    """The CLIP vision tower file or folder of Settings > Omost ('' for none)."""
+    return _confined_setting('omost_vision_path', '')
+
+
+def local_model() -> str:
+    return _confined_setting('omost_local_model', '')
+
+
+def gguf_model() -> str:
+    return _confined_setting('omost_gguf_model', '')
 
 
 EXAMPLE_PRESETS = """{
@@ -156,25 +193,27 @@ def _options():
     """(key, default, label, component factory name, component args, extra) for every setting."""
     return [
         ('omost_models_dir', default_models_dir(), 'Folder of local Omost LLMs (inside the WebUI\'s models or data '
-         'folder)', 'Textbox', {}, {'onchange': lambda: check_path_setting('omost_models_dir'), 'restrict_api': True}),
+         'folder)', 'Textbox', {}, _path_setting('omost_models_dir')),
         ('omost_backend', 'server', 'Default LLM backend', 'Dropdown', {'choices': list(BACKENDS)}, {}),
         ('omost_server_url', _cmd('omost_server_url'), 'Default LLM server base URL (OpenAI-compatible, e.g. '
          'http://127.0.0.1:8080/v1)', 'Textbox', {}, {}),
         ('omost_server_model', _cmd('omost_model'), 'Default model name on the LLM server', 'Textbox', {}, {}),
-        ('omost_local_model', '', 'Default local model (folder name or Hugging Face id)', 'Textbox', {}, {}),
-        ('omost_gguf_model', '', 'Default GGUF model for the gguf backend (a known name or a .gguf path; needs '
-         'llama-cpp-python)', 'Textbox', {}, {}),
+        ('omost_local_model', '', 'Default local model (an Omost model name, or a folder inside the WebUI\'s models '
+         'or data folder)', 'Textbox', {}, _path_setting('omost_local_model')),
+        ('omost_gguf_model', '', 'Default GGUF model for the gguf backend (a known name, or a .gguf file inside the '
+         'WebUI\'s models or data folder; needs llama-cpp-python)', 'Textbox', {}, _path_setting('omost_gguf_model')),
         ('omost_keep_loaded', True, 'Keep the local LLM loaded between replies (off: unload after each reply to '
          'free memory for the image model)', 'Checkbox', {}, {}),
         ('omost_presets_file', '', 'Tag presets file (empty: presets.json in the WebUI data folder, under omost/; '
          'a file elsewhere must be inside the data or models folder)', 'Textbox', {},
-         {'onchange': lambda: check_path_setting('omost_presets_file'), 'restrict_api': True}),
+         _path_setting('omost_presets_file')),
         ('omost_presets_json', _presets_text(), 'Your tag presets (JSON, see the README; saved to the presets file '
          'and added to the built-in none/anime/pony/illustrious)', 'Textbox', {'lines': 10},
          {'onchange': save_presets_text}),
         ('omost_system_prompt', '', "System prompt override (empty: Omost's own)", 'Textbox', {'lines': 4}, {}),
-        ('omost_vision_path', '', 'Image guidance: CLIP vision tower file or folder (.safetensors; searched first, '
-         'then the clip_vision folders of the WebUI and models/omost/clip_vision)', 'Textbox', {}, {}),
+        ('omost_vision_path', '', 'Image guidance: CLIP vision tower file or folder (.safetensors, inside the '
+         'WebUI\'s models or data folder; searched first, then the clip_vision folders of the WebUI and '
+         'models/omost/clip_vision)', 'Textbox', {}, _path_setting('omost_vision_path')),
         ('omost_vision_url_768', _vision_url(768), 'Image guidance: download URL of the ViT-L/14 tower when none '
          'is found (empty: never download)', 'Textbox', {}, {'restrict_api': True}),
         ('omost_vision_url_1280', _vision_url(1280), 'Image guidance: download URL of the ViT-bigG/14 tower (SDXL) '
@@ -213,8 +252,8 @@ def current() -> dict:
         # Never a WebUI setting: /sdapi/v1/options and sysinfo dumps show every setting.
         api_key=_cmd('omost_api_key') or os.environ.get('OMOST_API_KEY', ''),
         backend=get('omost_backend', 'server') if get('omost_backend') in BACKENDS else 'server',
-        local_model=get('omost_local_model', ''),
-        gguf_model=get('omost_gguf_model', ''),
+        local_model=local_model(),
+        gguf_model=gguf_model(),
         models_dir=models_dir(),
         keep_loaded=bool(get('omost_keep_loaded', True)),
         system_prompt=get('omost_system_prompt', ''),

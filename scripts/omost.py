@@ -13,7 +13,7 @@ if _ROOT not in sys.path:  # the extension's own packages (lib_omost, omost_webu
 
 from modules import script_callbacks, scripts  # noqa: E402
 
-from omost_webui import generation, settings  # noqa: E402
+from omost_webui import api_args, generation, settings  # noqa: E402
 from omost_webui.paste import on_infotext_pasted  # noqa: E402
 
 
@@ -63,3 +63,4 @@ script_callbacks.on_cfg_denoiser(generation.on_cfg_denoiser)
 script_callbacks.on_infotext_pasted(on_infotext_pasted)
 script_callbacks.on_model_loaded(generation.on_model_loaded)
 script_callbacks.on_script_unloaded(generation.cleanup)
+script_callbacks.on_app_started(api_args.on_app_started)

@@ -22,6 +22,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+# The canvas of the hook and patch tests: the whole image (region 0, like the background) and two overlapping
+# regions; chunk i of a 231-token cond (3 x 77) belongs to region i, like the bags.
+TOKENS = torch.arange(77 * 3) // 77
+A1111_RECTS = [(0, 90, 0, 90), (10, 70, 0, 45), (30, 90, 40, 90)]  # the A1111 hook tests (tiny ldm UNet)
+A1111_LATENT = (8, 12)  # non-square; the tiny UNet's second level is 4 x 6
+FORGE_RECTS = [(0, 90, 0, 90), (0, 60, 0, 50), (40, 90, 30, 90)]  # the Forge patch tests
+FORGE_LATENT = (9, 13)  # not a multiple of anything: levels 9x13, 5x7, 3x4
+
+
 def omost_masks(rects, h, w):
     """(R, h*w) bool exactly as Omost builds them: a 90x90 float mask per rect, interpolated nearest-exact."""
     out = []
@@ -61,6 +70,23 @@ def heads_merge(t):
     return t.transpose(1, 2).reshape(b, n, h * d)
 
 
+def omost_attn2(module, x, context, rects, hw, tokens, context_v=None):
+    """Omost's attention (`omost_reference`, float64) in an attn2 module, before its to_out: queries from x, keys
+    from context, values from context_v (default: context), the rects' masks at the level's (h, w)."""
+    q, k, v = (heads_split(t, module.heads) for t in (module.to_q(x), module.to_k(context),
+                                                      module.to_v(context if context_v is None else context_v)))
+    return heads_merge(omost_reference(q, k, v, omost_masks(rects, *hw), tokens)).float()
+
+
+def level_hw(latent, pixels):
+    """(h, w) of the UNet level with `pixels` positions: the latent halved, rounding up, until it has as many."""
+    h, w = latent
+    while h * w > pixels:
+        h, w = (h + 1) // 2, (w + 1) // 2
+    assert h * w == pixels, (latent, pixels)
+    return h, w
+
+
 def tiny_unet(sd2=False, seed=0, context_dim=64):
     """The tiny real ldm UNetModel of test-substrate.md section 3 (SD1-style conv proj or SD2-style linear)."""
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
@@ -76,8 +102,23 @@ def tiny_unet(sd2=False, seed=0, context_dim=64):
     return unet.eval()
 
 
+def unet_step(unet, x, context):
+    """The tiny UNet's output for x at t = 500 (no grad)."""
+    with torch.no_grad():
+        return unet(x, torch.full((x.shape[0],), 500.0), context=context)
+
+
 def attn2_modules(unet):
     return [(n, m) for n, m in unet.named_modules() if n.endswith('attn2')]
+
+
+def record_attn2_calls(unet):
+    """([(module, x, context, output)] of every attn2 call from now on, the forward hooks' handles to remove)."""
+    calls = []
+    handles = [m.register_forward_hook(lambda mod, args, kwargs, out: calls.append(
+        (mod, args[0], kwargs.get('context', args[1] if len(args) > 1 else None), out)), with_kwargs=True)
+        for _, m in attn2_modules(unet)]
+    return calls, handles
 
 
 def denoiser_params(text_cond, text_uncond, step=0, total=20):
@@ -87,6 +128,13 @@ def denoiser_params(text_cond, text_uncond, step=0, total=20):
 
 
 # --- Forge ---------------------------------------------------------------------------------------------------
+
+
+def forge_cross_attention():
+    """The attn2 layer of the Forge patch tests: ldm's CrossAttention, 32 channels, 2 heads, 64-wide context."""
+    from ldm.modules.attention import CrossAttention
+    torch.manual_seed(0)
+    return CrossAttention(query_dim=32, context_dim=64, heads=2, dim_head=16).eval()
 
 
 class FakeUnetPatcher:

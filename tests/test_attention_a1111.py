@@ -1,7 +1,6 @@
 """A1111 hooks on a tiny real ldm UNetModel: every attn2 call equals Omost's formula on cond rows and the host's
 own forward on the others; removal (also after an exception) restores bit-identical outputs."""
 
-import math
 import sys
 
 import pytest
@@ -9,21 +8,21 @@ import torch
 
 from lib_omost.attention import RegionalAttention
 from omost_webui import a1111
+from tests.attention_helpers import A1111_LATENT as LATENT
+from tests.attention_helpers import A1111_RECTS as RECTS
 from tests.attention_helpers import (
+    TOKENS,
     attn2_modules,
     denoiser_params,
-    heads_merge,
-    heads_split,
-    omost_masks,
-    omost_reference,
+    level_hw,
+    omost_attn2,
     one_thread,
+    record_attn2_calls,
     tiny_unet,
+    unet_step,
 )
 
 assert one_thread  # autouse fixture
-RECTS = [(0, 90, 0, 90), (10, 70, 0, 45), (30, 90, 40, 90)]
-TOKENS = torch.arange(77 * 3) // 77  # chunk i -> region i, like the bags
-LATENT = (8, 12)  # non-square; the tiny UNet's second level is 4 x 6
 BATCH = 2
 
 
@@ -51,39 +50,15 @@ def inputs(rows, length, seed=0):
     return x, context
 
 
-def run(unet, x, context):
-    with torch.no_grad():
-        return unet(x, torch.full((x.shape[0],), 500.0), context=context)
-
-
-def capture(unet):
-    """Record (module, x, context, output) of every attn2 call through ordinary forward hooks."""
-    calls = []
-    handles = [m.register_forward_hook(lambda mod, args, kwargs, out: calls.append(
-        (mod, args[0], kwargs.get('context', args[1] if len(args) > 1 else None), out)), with_kwargs=True)
-        for _, m in attn2_modules(unet)]
-    return calls, handles
-
-
-def layer_hw(pixels):
-    for k in range(4):
-        h, w = (math.ceil(LATENT[0] / 2 ** k), math.ceil(LATENT[1] / 2 ** k))
-        if h * w == pixels:
-            return h, w
-    raise AssertionError(pixels)
-
-
 def expected(module, x, context, n_cond, token_map=TOKENS):
     """Omost's formula (float64) on the first n_cond rows, the host's class forward on the rest."""
     with torch.no_grad():
         plain = type(module).forward(module, x[n_cond:], context=context[n_cond:])
         if n_cond == 0:
             return None, plain
-        q, k, v = (heads_split(t, module.heads) for t in (module.to_q(x[:n_cond]), module.to_k(context[:n_cond]),
-                                                          module.to_v(context[:n_cond])))
-        masks = omost_masks(RECTS, *layer_hw(x.shape[1]))
         tokens = torch.cat([token_map, torch.full((context.shape[1] - token_map.numel(),), -1)])
-        cond = module.to_out(heads_merge(omost_reference(q, k, v, masks, tokens)).float())
+        cond = module.to_out(omost_attn2(module, x[:n_cond], context[:n_cond], RECTS, level_hw(LATENT, x.shape[1]),
+                                         tokens))
     return cond, plain
 
 
@@ -108,8 +83,8 @@ def test_joint_call_cond_rows_regional_uncond_rows_exactly_plain(both_unets):
     hooks = hooked(unet)
     x, context = inputs(2 * BATCH, 231)
     hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
-    calls, handles = capture(unet)
-    run(unet, x, context)
+    calls, handles = record_attn2_calls(unet)
+    unet_step(unet, x, context)
     for h in handles:
         h.remove()
     check_calls(calls, BATCH, len(attn2_modules(unet)))
@@ -121,24 +96,24 @@ def test_separate_calls_when_lengths_differ(unet):
     x, cond = inputs(BATCH, 231, seed=1)
     _, uncond = inputs(BATCH, 77, seed=2)
     hooks.on_cfg_denoiser(denoiser_params(cond, uncond))
-    calls, handles = capture(unet)
-    run(unet, x, cond)
+    calls, handles = record_attn2_calls(unet)
+    unet_step(unet, x, cond)
     check_calls(calls, BATCH, len(handles))
     calls.clear()
-    out_uncond = run(unet, x, uncond)
+    out_uncond = unet_step(unet, x, uncond)
     for h in handles:
         h.remove()
     check_calls(calls, 0, len(handles))
     a1111.remove_all()
-    assert torch.equal(out_uncond, run(unet, x, uncond))
+    assert torch.equal(out_uncond, unet_step(unet, x, uncond))
 
 
 def test_cond_padded_to_a_longer_negative_masks_the_padding(unet):
     hooks = hooked(unet)
     x, context = inputs(2 * BATCH, 308, seed=3)  # cond padded from 231 to the 308-token negative
     hooks.on_cfg_denoiser(denoiser_params(context[:BATCH, :231], context[BATCH:]))
-    calls, handles = capture(unet)
-    run(unet, x, context)
+    calls, handles = record_attn2_calls(unet)
+    unet_step(unet, x, context)
     for h in handles:
         h.remove()
     check_calls(calls, BATCH, len(handles))
@@ -149,11 +124,11 @@ def test_chunked_calls_follow_the_row_order(unet):
     hooks = hooked(unet)
     x, context = inputs(2 * BATCH, 231, seed=4)
     hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
-    calls, handles = capture(unet)
-    run(unet, x[:BATCH], context[:BATCH])
+    calls, handles = record_attn2_calls(unet)
+    unet_step(unet, x[:BATCH], context[:BATCH])
     check_calls(calls, BATCH, len(handles))
     calls.clear()
-    run(unet, x[BATCH:], context[BATCH:])
+    unet_step(unet, x[BATCH:], context[BATCH:])
     for h in handles:
         h.remove()
     check_calls(calls, 0, len(handles))
@@ -164,20 +139,20 @@ def test_removal_restores_bit_identical_outputs_and_classes(both_unets):
     cls = type(attn2_modules(unet)[0][1])
     class_forward = cls.forward
     x, context = inputs(2 * BATCH, 231, seed=5)
-    before = run(unet, x, context)
+    before = unet_step(unet, x, context)
     hooks = hooked(unet)
     hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
-    assert not torch.equal(run(unet, x, context), before)
+    assert not torch.equal(unet_step(unet, x, context), before)
     assert cls.forward is class_forward  # only instances were touched
     hooks.remove()
-    assert torch.equal(run(unet, x, context), before)
+    assert torch.equal(unet_step(unet, x, context), before)
     assert all('forward' not in m.__dict__ for _, m in attn2_modules(unet))
     assert not unet._forward_pre_hooks
 
 
 def test_exception_inside_a_hooked_forward_leaves_no_trace(unet, monkeypatch):
     x, context = inputs(2 * BATCH, 231, seed=6)
-    before = run(unet, x, context)
+    before = unet_step(unet, x, context)
     hooks = hooked(unet)
     hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
 
@@ -186,26 +161,26 @@ def test_exception_inside_a_hooked_forward_leaves_no_trace(unet, monkeypatch):
 
     monkeypatch.setattr(hooks.regional, 'plan_for', boom)
     with pytest.raises(RuntimeError, match='simulated'):
-        run(unet, x, context)
+        unet_step(unet, x, context)
     a1111.remove_all()  # what the next generation / model load does
-    assert torch.equal(run(unet, x, context), before)
+    assert torch.equal(unet_step(unet, x, context), before)
     assert all('forward' not in m.__dict__ for _, m in attn2_modules(unet))
     assert not unet._forward_pre_hooks
 
 
 def test_disarmed_or_outside_the_window_is_bit_identical(unet):
     x, context = inputs(2 * BATCH, 231, seed=7)
-    before = run(unet, x, context)
+    before = unet_step(unet, x, context)
     hooks = hooked(unet, start=0.0, end=0.5)
     hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
     hooks.regional.set_progress(0.5)  # what generation.on_cfg_denoiser sets from the denoiser's counters
-    assert torch.equal(run(unet, x, context), before)
+    assert torch.equal(unet_step(unet, x, context), before)
     hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
     hooks.regional.set_progress(0.45)
-    assert not torch.equal(run(unet, x, context), before)
+    assert not torch.equal(unet_step(unet, x, context), before)
     hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
     hooks.disarm()
-    assert torch.equal(run(unet, x, context), before)
+    assert torch.equal(unet_step(unet, x, context), before)
     other = hooked(unet)  # a second owner replaces the first; only one is ever armed
     assert other.armed and not hooks.armed
 
@@ -214,15 +189,15 @@ def test_hook_uses_the_modules_projections_so_lora_applies(unet):
     hooks = hooked(unet)
     x, context = inputs(2 * BATCH, 231, seed=8)
     hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
-    unpatched = run(unet, x, context)
+    unpatched = unet_step(unet, x, context)
     module = attn2_modules(unet)[0][1]
     original = module.to_k.weight.detach().clone()
     try:
         with torch.no_grad():
             module.to_k.weight += 0.5 * torch.randn_like(original)  # an in-place LoRA weight patch
         hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
-        calls, handles = capture(unet)
-        patched = run(unet, x, context)
+        calls, handles = record_attn2_calls(unet)
+        patched = unet_step(unet, x, context)
         for h in handles:
             h.remove()
         assert not torch.equal(patched, unpatched)
@@ -277,9 +252,9 @@ def test_hypernetworks_shape_the_regional_keys_and_values(unet, a1111_sdp_with_a
     hooks = a1111.A1111RegionalHooks(RegionalAttention(RECTS, TOKENS, None))  # the host's hypernetworks
     hooks.install(unet)
     hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
-    calls, handles = capture(unet)
+    calls, handles = record_attn2_calls(unet)
     try:
-        run(unet, x, context)
+        unet_step(unet, x, context)
     finally:
         for h in handles:
             h.remove()
@@ -288,10 +263,8 @@ def test_hypernetworks_shape_the_regional_keys_and_values(unet, a1111_sdp_with_a
         with torch.no_grad():
             assert torch.equal(out[BATCH:], type(module).forward(module, xi[BATCH:], context=ci[BATCH:]))
             context_k, context_v = apply_hypernetworks(a1111_sdp_with_a_hypernetwork, ci[:BATCH])
-            q, k, v = (heads_split(t, module.heads) for t in (module.to_q(xi[:BATCH]), module.to_k(context_k),
-                                                              module.to_v(context_v)))
-            masks = omost_masks(RECTS, *layer_hw(xi.shape[1]))
-            cond = module.to_out(heads_merge(omost_reference(q, k, v, masks, TOKENS)).float())
+            hw = level_hw(LATENT, xi.shape[1])
+            cond = module.to_out(omost_attn2(module, xi[:BATCH], context_k, RECTS, hw, TOKENS, context_v))
             without, _ = expected(module, xi, ci, BATCH)  # the same regions without the hypernetwork
         assert (out[:BATCH] - cond).abs().max() < 1e-5
         assert (out[:BATCH] - without).abs().max() > 1e-3

@@ -5,33 +5,31 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from ldm.modules.attention import CrossAttention
 
 from lib_omost.attention import RegionalAttention
 from omost_webui.forge import RegionalAttn2Patch, patch_unet
+from tests.attention_helpers import FORGE_LATENT as LATENT
+from tests.attention_helpers import FORGE_RECTS as RECTS
 from tests.attention_helpers import (
+    TOKENS,
     FakeUnetPatcher,
     forge_attn2,
     forge_call_options,
+    forge_cross_attention,
     heads_merge,
     heads_split,
-    omost_masks,
-    omost_reference,
+    omost_attn2,
     one_thread,
 )
 
 assert one_thread  # autouse fixture
-RECTS = [(0, 90, 0, 90), (0, 60, 0, 50), (40, 90, 30, 90)]
-TOKENS = torch.arange(231) // 77
-LATENT = (9, 13)  # not a multiple of anything: levels 9x13, 5x7, 3x4
 LEVELS = {('input', 1, 0): (9, 13), ('input', 4, 0): (5, 7), ('middle', 0, 0): (3, 4), ('output', 7, 0): (5, 7)}
 ROWS = 2  # images per chunk
 
 
 @pytest.fixture(scope='module')
 def attn():
-    torch.manual_seed(0)
-    return CrossAttention(query_dim=32, context_dim=64, heads=2, dim_head=16).eval()
+    return forge_cross_attention()
 
 
 def call(attn, options, block, x, context):
@@ -41,8 +39,7 @@ def call(attn, options, block, x, context):
 
 def expected_cond(attn, x, cond_context, hw):
     with torch.no_grad():
-        q, k, v = (heads_split(t, attn.heads) for t in (attn.to_q(x), attn.to_k(cond_context), attn.to_v(cond_context)))
-        return attn.to_out(heads_merge(omost_reference(q, k, v, omost_masks(RECTS, *hw), TOKENS)).float())
+        return attn.to_out(omost_attn2(attn, x, cond_context, RECTS, hw, TOKENS))
 
 
 def patched_options(regional, base=None):

@@ -4,6 +4,8 @@ the real ldm UNet, the Forge rig with its patcher, both with 768-wide text embed
 random-weight vision towers of the real projection widths; SDXL's two halves on dict conds."""
 
 import json
+import pathlib
+import tempfile
 
 import pytest
 import torch
@@ -14,9 +16,15 @@ from webui_helpers import SMALL, A1111Model, ForgeModel, ForgeTinyUNet, Rig, ima
 CHUNK = 77
 
 
+def _in_data_folder(prefix):
+    """A new folder inside the WebUI's data folder, where a tower folder setting must be (settings.confined)."""
+    from modules import paths
+    return pathlib.Path(tempfile.mkdtemp(prefix=prefix, dir=paths.data_path))
+
+
 @pytest.fixture(scope='module')
-def towers(tmp_path_factory):
-    folder = tmp_path_factory.mktemp('clip_vision')
+def towers():
+    folder = _in_data_folder('clip_vision')
     save_tower(tiny_tower(768, seed=1), str(folder / 'CLIP-ViT-L-14.safetensors'))
     save_tower(tiny_tower(1280, seed=2), str(folder / 'CLIP-ViT-bigG.safetensors'))
     save_tower(tiny_tower(1024, seed=3), str(folder / 'CLIP-ViT-H-14.safetensors'))  # pairs with neither
@@ -177,11 +185,12 @@ def test_bad_guides_refuse_the_job_with_the_reason(rig, entry, message):
         rig.generate(guided([entry]))
 
 
-def test_no_paired_tower_refuses(rig, tmp_path):
+def test_no_paired_tower_refuses(rig):
     from modules import shared
     from omost_webui.generation import OmostInputError
-    save_tower(tiny_tower(1024), str(tmp_path / 'h.safetensors'))
-    shared.opts.data['omost_vision_path'] = str(tmp_path)
+    folder = _in_data_folder('h')
+    save_tower(tiny_tower(1024), str(folder / 'h.safetensors'))
+    shared.opts.data['omost_vision_path'] = str(folder)
     import omost_webui.guidance_step as step
     real = step.search_folders
     step.search_folders = lambda: []

@@ -13,22 +13,23 @@ import torch
 
 from lib_omost.attention import RegionalAttention
 from omost_webui import a1111
+from tests.attention_helpers import A1111_LATENT as LATENT
+from tests.attention_helpers import A1111_RECTS as RECTS
 from tests.attention_helpers import (
+    TOKENS,
     attn2_modules,
     denoiser_params,
-    heads_merge,
     heads_split,
-    omost_masks,
-    omost_reference,
+    level_hw,
+    omost_attn2,
     one_thread,
+    record_attn2_calls,
     tiny_unet,
+    unet_step,
 )
 from tests.ipadapter_stubs import ControlNetIPAdapter, attn_forward_hacked, image_prompt, ip_layers
 
 assert one_thread  # autouse fixture
-RECTS = [(0, 90, 0, 90), (10, 70, 0, 45), (30, 90, 40, 90)]
-TOKENS = torch.arange(77 * 3) // 77
-LATENT = (8, 12)
 BATCH = 2
 
 
@@ -71,8 +72,7 @@ def inputs(seed=0):
 def run(unet, x, context, hooks=None):
     if hooks is not None:
         hooks.on_cfg_denoiser(denoiser_params(context[:BATCH], context[BATCH:]))
-    with torch.no_grad():
-        return unet(x, torch.full((x.shape[0],), 500.0), context=context)
+    return unet_step(unet, x, context)
 
 
 def none_of_ours(unet):
@@ -94,30 +94,19 @@ def install(unet, order):
 def test_every_attn2_call_gets_regions_and_image_prompt(unet, order):
     x, context = inputs()
     ip, hooks = install(unet, order)
-    calls = []
-    handles = [m.register_forward_hook(lambda mod, args, kwargs, out: calls.append(
-        (mod, args[0], kwargs.get('context'), out)), with_kwargs=True) for m in modules(unet)]
+    calls, handles = record_attn2_calls(unet)
     run(unet, x, context, hooks)
     for h in handles:
         h.remove()
     assert len(calls) == len(modules(unet))
     with torch.no_grad():
         for module, xs, ctx, out in calls:
-            h, w = _layer_hw(xs.shape[1])
             q = heads_split(module.to_q(xs), module.heads)
-            k, v = (heads_split(f(ctx[:BATCH]), module.heads) for f in (module.to_k, module.to_v))
             image = sum(f(module, xs, q) for f in module.ipadapter_hacks)
-            regional = heads_merge(omost_reference(q[:BATCH], k, v, omost_masks(RECTS, h, w), TOKENS)).float()
+            regional = omost_attn2(module, xs[:BATCH], ctx[:BATCH], RECTS, level_hw(LATENT, xs.shape[1]), TOKENS)
             assert (out[:BATCH] - module.to_out(regional + image[:BATCH])).abs().max() < 1e-5
             # uncond rows: what ControlNet's own forward gives them
             assert (out[BATCH:] - attn_forward_hacked(module, xs, context=ctx)[BATCH:]).abs().max() < 1e-6
-
-
-def _layer_hw(pixels):
-    h, w = LATENT
-    while h * w > pixels:
-        h, w = (h + 1) // 2, (w + 1) // 2
-    return h, w
 
 
 def test_both_orders_differ_from_each_extension_alone(unet):

@@ -8,26 +8,30 @@ called `set_new_condition` on our patch (SDXL: AttributeError). Both orders must
 
 import pytest
 import torch
-from ldm.modules.attention import CrossAttention
 
 from lib_omost.attention import RegionalAttention
 from omost_webui import forge
 from omost_webui.forge import patch_unet
-from tests.attention_helpers import FakeUnetPatcher, forge_attn2, forge_call_options, one_thread
+from tests.attention_helpers import FORGE_LATENT as LATENT
+from tests.attention_helpers import FORGE_RECTS as RECTS
+from tests.attention_helpers import (
+    TOKENS,
+    FakeUnetPatcher,
+    forge_attn2,
+    forge_call_options,
+    forge_cross_attention,
+    one_thread,
+)
 from tests.ipadapter_stubs import ForgeCrossAttentionPatch, forge_apply_ipadapter, image_prompt, ip_layers
 
 assert one_thread  # autouse fixture
-RECTS = [(0, 90, 0, 90), (0, 60, 0, 50), (40, 90, 30, 90)]
-TOKENS = torch.arange(231) // 77
-LATENT = (9, 13)
 BLOCK, HW = ('input', 4, 0), (5, 7)  # a cross-attention layer of both SD1.5 and SDXL
 ROWS = 2
 
 
 @pytest.fixture(scope='module')
 def attn():
-    torch.manual_seed(0)
-    return CrossAttention(query_dim=32, context_dim=64, heads=2, dim_head=16).eval()
+    return forge_cross_attention()
 
 
 @pytest.fixture(autouse=True)

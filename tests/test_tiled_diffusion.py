@@ -10,23 +10,23 @@ attention where the tile lies. Squeezing the canvas into each tile would paint e
 
 import pytest
 import torch
-from ldm.modules.attention import CrossAttention
 
 from lib_omost.attention import RegionalAttention
 from omost_webui import a1111
 from omost_webui.forge import patch_unet
+from tests.attention_helpers import FORGE_RECTS as RECTS
 from tests.attention_helpers import (
+    TOKENS,
     FakeUnetPatcher,
     denoiser_params,
     forge_attn2,
     forge_call_options,
+    forge_cross_attention,
     one_thread,
     tiny_unet,
 )
 
 assert one_thread  # autouse fixture
-RECTS = [(0, 90, 0, 90), (0, 60, 0, 50), (40, 90, 30, 90)]
-TOKENS = torch.arange(231) // 77
 IMAGE = (8, 12)   # latent of the whole image
 TILE = (4, 6)     # latent of one tile
 ROWS = 2
@@ -59,8 +59,7 @@ def test_a_tile_is_refused_once_with_the_reason():
 
 @pytest.fixture(scope='module')
 def attn():
-    torch.manual_seed(0)
-    return CrossAttention(query_dim=32, context_dim=64, heads=2, dim_head=16).eval()
+    return forge_cross_attention()
 
 
 def forge_call(attn, unet, x, context, latent):

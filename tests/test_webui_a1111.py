@@ -9,17 +9,6 @@ import torch
 from webui_helpers import DRAGON, SMALL, A1111Model, NoCrossAttentionUNet, Rig, check_refiner_switch, check_step_window, forward_attributes, images_equal, omost, tiny_ldm_unet
 
 
-@pytest.fixture(scope='module')
-def rig():
-    return Rig(A1111Model(tiny_ldm_unet()))
-
-
-@pytest.fixture(scope='module')
-def baseline(rig):
-    """A plain generation in a WebUI that never loaded the extension."""
-    return rig.generate(bare=True)[1]
-
-
 @pytest.fixture(autouse=True)
 def host_state():
     from modules import errors, shared

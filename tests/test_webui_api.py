@@ -8,17 +8,8 @@ import sys
 
 import pytest
 
-from webui_helpers import SMALL, A1111Model, Rig, images_equal, omost, tiny_ldm_unet
-
-
-@pytest.fixture(scope='module')
-def rig():
-    return Rig(A1111Model(tiny_ldm_unet()))
-
-
-@pytest.fixture(scope='module')
-def baseline(rig):
-    return rig.generate(bare=True)[1]
+from api_host import client, host_app, post
+from webui_helpers import SMALL, Rig, images_equal, omost
 
 
 @pytest.fixture(scope='module')
@@ -83,6 +74,170 @@ def test_a_refusal_reads_the_same_in_the_ui_error_box(rig):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Script args as an object of named args: the gate in front of the host's txt2img/img2img endpoints
+
+
+@pytest.fixture(params=['a1111', 'forge'])
+def host(request, rig):
+    """(client, jobs): the host's API over `rig` as A1111 or Forge set it up, with the extension's gate."""
+    app, jobs = host_app(rig, forge=request.param == 'forge')
+    return client(app), jobs
+
+
+@pytest.mark.parametrize('forge', [False, True], ids=['a1111', 'forge'])
+def test_without_the_gate_an_object_of_args_is_a_host_500(rig, forge):
+    """What issue 12 item 14 reported: the host's init_script_args indexes the object (KeyError: 0)."""
+    from modules import errors
+    app, jobs = host_app(rig, forge, started=False)
+    assert post(client(app), {'enabled': True, 'canvas': SMALL}).status_code == 500 and jobs == []
+    if not forge:  # A1111 reports it with a traceback (Forge's server logs it)
+        assert 'KeyError' in errors.reported[0][1]
+        errors.reported.clear()
+
+
+def test_named_args_render_like_the_list(host, with_omost, baseline):
+    test_client, jobs = host
+    for route, key, args in [('txt2img', 'Omost', {'enabled': True, 'canvas': SMALL, 'options': {}, 'guidance': []}),
+                             ('img2img', 'omost', {'canvas': SMALL, 'enabled': 'true'}),
+                             ('txt2img', 'OMOST', {'enabled': 1, 'canvas': SMALL, 'guidance': []}),  # a gap
+                             ('txt2img', 'Omost', [True, SMALL])]:  # a list as before
+        response = post(test_client, args, route, key)
+        assert response.status_code == 200, response.text
+        assert images_equal(jobs[-1][1], with_omost) and 'Omost: ' in response.json()['info']
+    weaker = post(test_client, {'options': {'strength': 0.5}, 'canvas': SMALL, 'enabled': True}).json()
+    assert weaker == post(test_client, [True, SMALL, {'strength': 0.5}]).json() and 'strength 0.5' in weaker['info']
+    assert images_equal(jobs[-1][1], jobs[-2][1]) and not images_equal(jobs[-1][1], with_omost)
+    response = post(test_client, {'enabled': False, 'canvas': SMALL})
+    assert response.status_code == 200 and images_equal(jobs[-1][1], baseline)
+    assert 'Omost' not in response.json()['info']
+
+
+@pytest.mark.parametrize('args, detail', [
+    ('true', ('Omost args must be a list [enabled, canvas, options, guidance] (options and guidance optional) or '
+              'an object with those names, e.g. {"enabled": true, "canvas": "..."}; got a string')),
+    (5, 'Omost args must be a list [enabled, canvas, options, guidance]'),
+    (None, 'Omost args must be a list'),
+    ({'canvas': SMALL}, 'Omost args by name need "enabled" (true or false)'),
+    ({'enabled': True, 'canvass': SMALL},
+     'unknown Omost arg name(s) canvass; known: enabled, canvas, options, guidance'),
+])
+def test_other_shapes_are_refused_with_422_and_one_console_line(host, capsys, args, detail):
+    test_client, jobs = host
+    response = post(test_client, args)
+    assert response.status_code == 422 and jobs == []  # nothing was queued
+    body = response.json()
+    assert body['error'] == 'OmostInputError' and body['detail'].startswith(detail)
+    assert capsys.readouterr().out.strip().splitlines() == [f'[Omost] {body["detail"]}']  # (no report: host_state)
+
+
+@pytest.mark.parametrize('entry', [[True, SMALL], 'args'])
+def test_an_omost_entry_that_is_not_an_object_is_refused(host, entry):
+    """The host would ignore a list there (Omost silently off) and fail on a string."""
+    test_client, jobs = host
+    response = test_client.post('/sdapi/v1/txt2img', json={'alwayson_scripts': {'Omost': entry}})
+    assert response.status_code == 422 and jobs == []
+    assert response.json()['detail'].startswith('alwayson_scripts.Omost must be an object {"args": ...}')
+
+
+def test_bad_named_values_are_refused_by_the_script_as_before(host):
+    test_client, jobs = host
+    response = post(test_client, {'enabled': 'yes', 'canvas': SMALL})
+    assert response.status_code == 422 and jobs == []  # the job raised: the host answers our error
+    assert response.json()['detail'].startswith('Omost script arg 0 (enabled)')
+
+
+A1111_PYTHON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.venv-a1111', 'bin',
+                            'python')
+
+
+@pytest.mark.skipif(not os.path.exists(A1111_PYTHON), reason='the A1111-like venv (fastapi 0.94) is not set up')
+def test_the_gate_under_fastapi_0_94(tmp_path):
+    """The same host shapes under A1111's fastapi 0.94 and pydantic 1 (run in the A1111-like venv)."""
+    import subprocess
+    tests = os.path.dirname(os.path.abspath(__file__))
+    code = f'import sys; sys.path[:0] = [{tests!r}, {os.path.dirname(tests)!r}]\nimport api_host; api_host.main()'
+    out = subprocess.run([A1111_PYTHON, '-c', code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    answers = {'list': [200, True], 'named': [200, True], 'named off': [200, False],
+               'string': [422, 'OmostInputError'], 'no enabled': [422, 'OmostInputError'], 'no gate, named': 500}
+    assert result == {'fastapi': '0.94.0', 'a1111': answers, 'forge': answers}
+
+
+def test_positional_args_and_rewrite_request():
+    from omost_webui.api_args import positional_args, rewrite_request
+    assert positional_args([True]) == [True]
+    assert positional_args({'guidance': [], 'enabled': True}) == [True, None, None, []]
+    assert positional_args({'enabled': False}) == [False]
+    untouched = [b'', b'not json', b'{"prompt": "alwayson_scripts"}', b'{"alwayson_scripts": []}',
+                 b'[1, "alwayson_scripts"]', b'{"alwayson_scripts": {"Omost": {"args": [true, "x"]}}}',
+                 b'{"alwayson_scripts": {"Omost": {}}}',
+                 b'{"alwayson_scripts": {"ControlNet": {"args": {"enabled": true}}, "omost": {"args": []}}}']
+    assert [rewrite_request(body) for body in untouched] == [None] * len(untouched)
+    body = {'prompt': 'p', 'alwayson_scripts': {'ControlNet': {'args': {'x': 1}}, 'oMost': {'args': {'enabled': 1}}}}
+    body['alwayson_scripts']['Omost'] = {'args': {'enabled': True, 'options': {'strength': 0.5}}}
+    rewritten = json.loads(rewrite_request(json.dumps(body).encode()))
+    assert rewritten['alwayson_scripts'] == {'ControlNet': {'args': {'x': 1}}, 'oMost': {'args': [1]},
+                                             'Omost': {'args': [True, None, {'strength': 0.5}]}}
+    assert rewritten['prompt'] == 'p'
+
+
+def test_the_gate_replays_every_other_body_as_it_came():
+    """A request the gate leaves alone reaches the endpoint as the same ASGI messages (chunks included); a
+    rewritten one as one message with its new length."""
+    import asyncio
+    from omost_webui.api_args import ArgsGate
+
+    def through_gate(chunks, left=False):
+        """(the messages the client sent, what the endpoint got); `left`: the client disconnects mid-body."""
+        seen = {'messages': []}
+
+        async def endpoint(scope, receive, send):
+            seen['scope'] = scope
+            while not seen['messages'] or seen['messages'][-1]['type'] != 'http.disconnect':
+                seen['messages'].append(await receive())
+
+        incoming = [{'type': 'http.request', 'body': c, 'more_body': left or i < len(chunks) - 1}
+                    for i, c in enumerate(chunks)] + [{'type': 'http.disconnect'}]
+        sent = list(incoming)
+
+        async def receive():
+            return sent.pop(0)
+        scope = {'type': 'http', 'method': 'POST', 'path': '/sdapi/v1/txt2img', 'headers': [(b'content-length', b'1')]}
+        asyncio.run(ArgsGate(endpoint)(scope, receive, lambda message: None))
+        return incoming, seen
+
+    for chunks, left in [([b'{"alwayson_scripts": {"Omost": {"ar', b'gs": [true, "x"]}}, "prompt": "\\u00e9"}'], False),
+                         ([b'{"prompt": "a"}'], False),
+                         ([b'{"alway', b'son_scripts": {"Omost": {"args": {"enabled": true}}}}'], True)]:
+        incoming, seen = through_gate(chunks, left)
+        assert seen['messages'] == incoming and seen['scope']['headers'] == [(b'content-length', b'1')]
+    incoming, seen = through_gate([b'{"alwayson_scripts": {"Omost": ', b'{"args": {"enabled": true}}}}'])
+    body = b'{"alwayson_scripts": {"Omost": {"args": [true]}}}'
+    assert seen['messages'] == [{'type': 'http.request', 'body': body, 'more_body': False}, incoming[-1]]
+    assert seen['scope']['headers'] == [(b'content-length', str(len(body)).encode())]
+
+
+def test_the_gate_is_only_in_front_of_the_two_endpoints(rig):
+    """The app's middleware stack and every other route are as the host left them; a second app_started (a UI
+    reload on the same app) adds no second gate."""
+    from omost_webui.api_args import ArgsGate, install
+    app, _ = host_app(rig, started=False)
+    app.add_api_route('/sdapi/v1/options', lambda: {'ok': 1}, methods=['GET'])
+    client(app).get('/sdapi/v1/options')  # the stack is built on the first request, as after gradio's launch
+    stack, middleware = app.middleware_stack, list(app.user_middleware)
+    before = {route.path: route.app for route in app.router.routes}
+    assert install(app) == 2 and install(app) == 2
+    assert app.middleware_stack is stack and app.user_middleware == middleware
+    for route in app.router.routes:
+        if route.path in ('/sdapi/v1/txt2img', '/sdapi/v1/img2img'):
+            assert isinstance(route.app, ArgsGate) and route.app.app is before[route.path]
+        else:
+            assert route.app is before[route.path]
+    assert install(type('NoApi', (), {})()) == 0  # a WebUI without --api
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Canvas warnings reach the caller
 
 
@@ -117,19 +272,69 @@ def omost_settings(tmp_path, monkeypatch):
             shared.opts.data.pop(key, None)
 
 
-@pytest.mark.parametrize('key', ['omost_presets_file', 'omost_models_dir'])
+# What generation and the UI read of each path setting (the model settings also take model names)
+READ = {'omost_presets_file': 'presets_path', 'omost_models_dir': 'models_dir', 'omost_vision_path': 'vision_path',
+        'omost_local_model': 'local_model', 'omost_gguf_model': 'gguf_model'}
+
+
+@pytest.mark.parametrize('key', list(READ))
 def test_path_settings_are_out_of_the_options_apis_reach(omost_settings, tmp_path, key):
     from omost_webui import settings
-    outside = str(tmp_path / 'elsewhere' / ('presets.json' if key == 'omost_presets_file' else 'llms'))
+    outside = str(tmp_path / 'elsewhere' / ('presets.json' if key == 'omost_presets_file' else 'x'))
     before = omost_settings.data[key]
-    # A1111's POST /sdapi/v1/options: Options.set(..., is_api=True) skips restricted options
+    # A1111's POST /sdapi/v1/options and both hosts' override_settings: Options.set(..., is_api=True) skips
+    # restricted options
     assert omost_settings.data_labels[key].restrict_api is True
     assert not omost_settings.set(key, outside, is_api=True) and omost_settings.data[key] == before
     # Forge's calls Options.set without is_api (modules/sysinfo.py: set_config): the onchange refuses the folder
     assert not omost_settings.set(key, outside) and omost_settings.data[key] == before
     inside = str(tmp_path / 'data' / 'mine' / 'x')
     assert omost_settings.set(key, inside) and omost_settings.data[key] == inside  # the UI can still move it
-    assert (settings.presets_path() if key == 'omost_presets_file' else settings.models_dir()) == inside
+    assert getattr(settings, READ[key])() == inside
+    assert set(settings.PATH_SETTINGS) == set(READ)
+
+
+@pytest.mark.parametrize('key', ['omost_vision_path', 'omost_local_model', 'omost_gguf_model'])
+def test_a_path_from_config_json_outside_the_folders_is_ignored(omost_settings, tmp_path, capsys, key):
+    from omost_webui import settings
+    (tmp_path / 'elsewhere').mkdir()
+    (tmp_path / 'data').mkdir()
+    os.symlink(tmp_path / 'elsewhere', tmp_path / 'data' / 'link')  # a symlink inside does not lead outside
+    for outside in (tmp_path / 'elsewhere' / 'x.gguf', tmp_path / 'data' / 'link' / 'x.gguf', '~/x.gguf'):
+        omost_settings.data[key] = str(outside)  # e.g. an old config.json
+        assert getattr(settings, READ[key])() == ''
+        assert not omost_settings.set(key, str(outside) + ' ')  # nor can the Settings tab put it there
+    printed = capsys.readouterr().out
+    assert f'[Omost] the setting {key} = ' in printed and 'outside the WebUI\'s data and models folders; ignoring it' \
+        in printed
+    current = settings.current()
+    assert current.get(key[len('omost_'):], '') == ''
+
+
+def test_the_model_settings_still_take_model_names(omost_settings, tmp_path):
+    from lib_omost.llm.models import DEFAULT_GGUF, DEFAULT_MODEL, OMOST_MODELS
+    from omost_webui import settings
+    for name in (DEFAULT_MODEL, OMOST_MODELS[DEFAULT_MODEL].folder):
+        assert omost_settings.set('omost_local_model', name) and settings.current()['local_model'] == name
+    assert omost_settings.set('omost_gguf_model', DEFAULT_GGUF) and settings.current()['gguf_model'] == DEFAULT_GGUF
+    models = tmp_path / 'data' / 'models' / 'omost'
+    models.mkdir(parents=True)
+    (models / 'mine.gguf').write_bytes(b'GGUF')  # a relative name is looked up in the models folder
+    assert omost_settings.set('omost_gguf_model', 'mine.gguf') and settings.gguf_model() == 'mine.gguf'
+    assert not omost_settings.set('omost_gguf_model', 'other.gguf')  # else in the working folder: outside here
+
+
+def test_image_guidance_never_searches_a_vision_path_outside(omost_settings, tmp_path, monkeypatch):
+    from lib_omost import vision
+    from omost_webui import guidance_step
+    searched = []
+    monkeypatch.setattr(vision, 'find_tower', lambda width, candidates: searched.extend(candidates))
+    monkeypatch.setattr(guidance_step, 'search_folders', lambda: [])
+    omost_settings.data.update(omost_vision_url_768='', omost_vision_path=str(tmp_path / 'elsewhere'))
+    assert guidance_step.resolve_towers([768]) == {} and searched == []
+    omost_settings.data['omost_vision_path'] = inside = str(tmp_path / 'data' / 'towers')
+    guidance_step.resolve_towers([768])
+    assert searched == [inside]
 
 
 def test_the_presets_text_is_never_written_outside_the_data_folder(omost_settings, tmp_path, capsys):

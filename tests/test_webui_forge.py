@@ -19,11 +19,6 @@ def rig():
     return Rig(ForgeModel(ForgeTinyUNet()))
 
 
-@pytest.fixture(scope='module')
-def baseline(rig):
-    return rig.generate(bare=True)[1]
-
-
 @pytest.fixture(autouse=True)
 def host_state(rig):
     from modules import errors, shared

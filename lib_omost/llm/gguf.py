@@ -97,6 +97,16 @@ def _is_oom(text: str) -> bool:
     return 'out of memory' in text or 'alloc' in text or 'mmap' in text or 'memoryerror' in text
 
 
+def gguf_file(name: str, models_dir: str) -> str:
+    """The file a GGUF model stands for: a known model's in `models_dir`, else the path as given (`~` expanded), or
+    a relative path that exists only inside `models_dir` there."""
+    if name in GGUF_MODELS:
+        return os.path.join(models_dir, GGUF_MODELS[name].filename)
+    path = os.path.expanduser(name)
+    in_models = os.path.join(models_dir, path)
+    return in_models if not os.path.isabs(path) and not os.path.exists(path) and os.path.exists(in_models) else path
+
+
 class GGUFBackend(InProcessBackend):
     kind = 'gguf'
 
@@ -114,12 +124,7 @@ class GGUFBackend(InProcessBackend):
     # -- where the model is ----------------------------------------------------------------------------------
 
     def _file(self) -> str:
-        if self.name in GGUF_MODELS:
-            return os.path.join(self.models_dir, GGUF_MODELS[self.name].filename)
-        path = os.path.expanduser(self.name)
-        in_models = os.path.join(self.models_dir, path)
-        return in_models if not os.path.isabs(path) and not os.path.exists(path) and os.path.exists(in_models) \
-            else path
+        return gguf_file(self.name, self.models_dir)
 
     def identity(self) -> dict:
         path = self._file()

@@ -2,7 +2,7 @@
 from modules import errors
 
 callbacks = {name: [] for name in ('ui_settings', 'cfg_denoiser', 'infotext_pasted', 'model_loaded',
-                                   'script_unloaded')}
+                                   'script_unloaded', 'app_started')}
 
 
 class CFGDenoiserParams:
@@ -46,6 +46,10 @@ def on_script_unloaded(callback):
     callbacks['script_unloaded'].append(callback)
 
 
+def on_app_started(callback, *, name=None):
+    callbacks['app_started'].append(callback)
+
+
 def ui_settings_callback():
     _run('ui_settings')
 
@@ -64,3 +68,13 @@ def model_loaded_callback(sd_model):
 
 def script_unloaded_callback():
     _run('script_unloaded')
+
+
+def app_started_callback(demo, app):
+    """modules/script_callbacks.py: app_started_callback(demo, app), which webui.py calls after the API's routes
+    are added (demo is None with --nowebui)."""
+    for callback in callbacks['app_started']:
+        try:
+            callback(demo, app)
+        except Exception:
+            errors.report(f'Error executing callback app_started_callback for {callback}', exc_info=True)

@@ -57,6 +57,7 @@ class ScriptRunner:
             script.args_from, script.args_to = position, position + n_args
             position += n_args
             self.alwayson_scripts.append(script)
+        self.scripts = self.alwayson_scripts  # the host's `scripts` holds the selectable ones too; these have none
 
     def _call(self, name, p, *args, **kwargs):
         for script in self.alwayson_scripts:

@@ -130,18 +130,28 @@ def _gradio_config(webui):
 @pytest.mark.skipif(not UI_CONFIG, reason='needs a WebUI started with --ui-config-file OMOST_E2E_UI_CONFIG')
 def test_saved_ui_defaults_are_what_generation_reads(webui):
     """The WebUI was started with a ui-config.json as Settings > Defaults > Apply writes it after the user set
-    Region strength 0.8 in txt2img: the slider's value and the options JSON's (the script arg, kept in step by
-    the slider in the browser). Both must come back, and the API key box must not be in the file the WebUI
-    wrote back at start-up (it records every tracked control there)."""
+    Region strength 0.8 in txt2img. In the page (Chromium): the slider shows 0.8 and so does the options JSON the
+    script receives, computed on page load from the restored controls; the API key box is not in the file the
+    WebUI wrote back at start-up (it records every tracked control there)."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    from ui_helpers import CHROMIUM, CHROMIUM_ARGS
+    from playwright.sync_api import sync_playwright
     config = _gradio_config(webui)
-
-    def component(suffix):  # the script's elem_id() prefixes 'script_txt2img_omost_'
-        found = [c for c in config['components'] if str(c.get('props', {}).get('elem_id')).startswith('script_txt2img')
-                 and str(c['props']['elem_id']).endswith(suffix)]
-        assert len(found) == 1, (suffix, [c['props'].get('elem_id') for c in found])
-        return found[0]
-    assert component('omost_opt_strength')['props']['value'] == 0.8
-    assert json.loads(component('omost_options')['props']['value'])['strength'] == 0.8
+    slider = [c for c in config['components']
+              if str(c.get('props', {}).get('elem_id')) == 'script_txt2img_omost_omost_opt_strength']
+    assert len(slider) == 1 and slider[0]['props']['value'] == 0.8
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(webui.url)
+        sel = '#script_txt2img_omost_omost_options textarea'
+        page.wait_for_function('sel => { const t = document.querySelector(sel); return t && t.value.includes(\'"strength"\'); }',
+                               arg=sel, timeout=180_000)
+        page.wait_for_timeout(2000)  # the load event may land after the first value
+        options = json.loads(page.evaluate('sel => document.querySelector(sel).value', sel))
+        browser.close()
+    assert options['strength'] == 0.8
     with open(UI_CONFIG, encoding='utf-8') as f:
         saved = json.load(f)
     assert any('Region strength' in key for key in saved) and any('Server base URL' in key for key in saved)

@@ -63,6 +63,27 @@ def test_anything_else_is_a_422_that_says_what_is_expected(webui, job, canvas, f
         assert len([line for line in console.lines if line.strip()]) <= 2, console.lines
 
 
+def test_args_by_name_render_as_the_list(webui, job, canvas, reference):
+    """An object of named args (omost_webui/api_args.py rewrites it before the host's init_script_args, which would
+    answer 500) renders the same pixels as the list; the script name ignores case, as the hosts' lookup does."""
+    on = reference('omost')
+    res = webui.txt2img(job(alwayson_scripts={'Omost': {'args': {'enabled': True, 'canvas': canvas}}})).ok()
+    assert res.pixels == on.pixels and 'Omost: "' in res.infotexts[0]
+    res = webui.txt2img(job(alwayson_scripts={'omost': {'args': {'canvas': canvas, 'enabled': 'false'}}})).ok()
+    assert res.pixels == reference('plain').pixels and 'Omost' not in res.infotexts[0]
+
+
+@pytest.mark.parametrize('args', ['true', 7, None, {'canvas': 'x'}, {'enabled': True, 'canvass': 'x'}])
+def test_args_of_another_shape_are_a_422_not_a_500(webui, job, args):
+    with ConsoleLines() as console:
+        res = webui.txt2img(job(alwayson_scripts={'Omost': {'args': args}}))
+    assert res.status == 422, (res.status, res.detail)
+    assert 'Omost arg' in res.body['detail'], res.body
+    assert not any('Traceback' in line for line in console.lines), console.lines
+    if WEBUI_LOG:
+        assert [line for line in console.lines if line.startswith('[Omost]')] == [f'[Omost] {res.body["detail"]}']
+
+
 def test_bad_options_are_a_422_without_a_traceback(webui, job, canvas):
     with ConsoleLines() as console:
         res = webui.txt2img(job(alwayson_scripts=omost_args(canvas, {'regions': 'maybe'})))

@@ -1,7 +1,10 @@
 """A random-weight SDXL LoRA for the end-to-end LoRA test on SDXL (the harness's random_lora is an SD1.5 one, whose
 shapes do not fit SDXL's layers). Kohya's SDXL names (`lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k`, as
-sd-scripts writes them and both WebUIs' Lora loaders read them), rank 4, on every UNet attention projection; the
-shapes are read from the checkpoint's safetensors header, nothing is loaded. torch + safetensors only.
+sd-scripts writes them and both WebUIs' Lora loaders read them), rank 4, on the cross-attention keys and values of
+the first 640-wide level (input_blocks 4 and 5): enough to change every image, and small, because A1111 keeps a copy
+of every weight a LoRA patches (a LoRA on all of SDXL's attention projections adds ~4 GB in fp32 and ran a 24 GB
+machine out of memory). The shapes are read from the checkpoint's safetensors header, nothing is loaded. torch +
+safetensors only.
 
     python tests/e2e/make_sdxl_lora.py --ckpt models/Stable-diffusion/random-sdxl.safetensors \
         --out models/Lora/random_lora_xl.safetensors          # then: <lora:random_lora_xl:1>
@@ -17,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 RANK = 4
-PROJECTION = re.compile(r'^model\.diffusion_model\.(.+\.attn[12]\.(?:to_q|to_k|to_v|to_out\.0))\.weight$')
+PROJECTION = re.compile(r'^model\.diffusion_model\.(input_blocks\.[45]\.1\..+\.attn2\.(?:to_k|to_v))\.weight$')
 
 
 def build(ckpt: str) -> dict:

@@ -800,7 +800,10 @@
         var swatch = el('span', 'omost-ed-swatch omost-ed-colour-swatch');
         swatch.style.background = rgb(target.HTML_web_color_name);
         colour.parentNode.appendChild(swatch);
-        colour.addEventListener('change', function () { self.setField('HTML_web_color_name', colour.value); });
+        colour.addEventListener('change', function () {
+            swatch.style.background = rgb(colour.value);  // the form is kept while the code is rewritten
+            self.setField('HTML_web_color_name', colour.value);
+        });
     };
 
     // ---- instances --------------------------------------------------------------------------------------

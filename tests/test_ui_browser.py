@@ -4,6 +4,7 @@ OpenAI-compatible server. One app and one page per gradio version; the tests run
 import copy
 import json
 import os
+import time
 
 import pytest
 from conftest import read_fixture
@@ -138,11 +139,25 @@ def watch_status(page):
         window.omostObserver.observe(el, {childList: true, subtree: true, characterData: true}); }""", f'{T}chat_status')
 
 
-def wait_reply_done(page):
-    """A reply started (a status without a token rate: 'Waiting for the LLM...', 'N regions so far...'; gradio
-    may show the first one too briefly to be seen) and finished (the token rate) since watch_status()."""
-    page.wait_for_function("""() => { const s = window.omostStatus, i = s.findIndex(t => !t.includes('tokens/s'));
-        return i >= 0 && s.slice(i).some(t => t.includes('tokens/s')); }""", timeout=WAIT_MS)
+def wait_reply_done(page, llm, n_requests):
+    """A reply finished since watch_status(), the n_requests + 1-th the LLM server got. Either the status went from
+    one without a token rate ('Waiting for the LLM...', 'N regions so far...') to one with it; or, where a loaded
+    browser drew only the last of the updates (gradio renders once per tick), the server got the request, the
+    status was redrawn since, and it now shows a token rate without gradio's progress line ('queue: 1/1 | 0.1s',
+    'processing | 0.2s': the event is over)."""
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while True:
+        seen, text = page.evaluate('sel => [window.omostStatus, document.querySelector(sel).innerText]',
+                                   f'{T}chat_status')
+        first = next((i for i, t in enumerate(seen) if 'tokens/s' not in t), None)
+        if first is not None and any('tokens/s' in t for t in seen[first:]):
+            return
+        lines = text.splitlines()
+        if len(chat_bodies(llm)) > n_requests and seen and 'tokens/s' in text and \
+                not any(line.startswith(('queue', 'processing')) for line in lines):
+            return
+        assert time.monotonic() < deadline, f'no reply finished in {WAIT_MS} ms: statuses {seen}, now {text!r}'
+        page.wait_for_timeout(100)
 
 
 def test_retry_and_edit_last(page, llm):
@@ -150,7 +165,7 @@ def test_retry_and_edit_last(page, llm):
     n_requests = len(chat_bodies(llm))
     watch_status(page)
     page.click(f'{T}retry')
-    wait_reply_done(page)
+    wait_reply_done(page, llm, n_requests)
     wait_chat(page, f'text.split({json.dumps(PROMPT)}).length === 2 && text.includes({json.dumps(last_description)})')
     assert len(chat_bodies(llm)) == n_requests + 1
     assert chat_bodies(llm)[-1]['messages'][-1] == {'role': 'user', 'content': PROMPT}
@@ -162,7 +177,7 @@ def test_retry_and_edit_last(page, llm):
     message.fill('a dragon battle at night')
     watch_status(page)
     message.press('Enter')
-    wait_reply_done(page)
+    wait_reply_done(page, llm, n_requests + 1)
     wait_chat(page, f'text.includes("a dragon battle at night") && text.includes({json.dumps(last_description)})')
     assert PROMPT not in page.inner_text(f'{T}chat')
     sent = chat_bodies(llm)[-1]['messages']
@@ -415,6 +430,8 @@ def test_drag_resize_nudge_reorder_recolour_add_delete_undo_redo(page):
     page.select_option(f'{T}editor select[data-field="HTML_web_color_name"]', 'crimson')
     regions[i]['HTML_web_color_name'] = 'crimson'
     wait_code(page, model)
+    swatch = page.locator(f'{T}editor .omost-ed-colour-swatch')
+    assert swatch.evaluate('e => getComputedStyle(e).backgroundColor') == 'rgb(220, 20, 60)'  # crimson's swatch
     field = page.locator(f'{T}editor input[data-field="description"]')
     field.fill('A huge red dragon.')
     field.press('Tab')
@@ -449,9 +466,10 @@ def test_the_next_llm_request_carries_the_edited_canvas(page, llm):
     model = page.edited_model
     message = box(page, 'txt2img_omost_input')
     message.fill('make the dragon bigger')
+    n_requests = len(chat_bodies(llm))
     watch_status(page)
     message.press('Enter')
-    wait_reply_done(page)
+    wait_reply_done(page, llm, n_requests)
     assert 'Continuing from your edited canvas' in page.inner_text(f'{T}chat_status')
     assert 'continues from your edited canvas' in page.inner_text(f'{T}chat')
     sent = chat_bodies(llm)[-1]['messages']

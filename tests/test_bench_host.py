@@ -48,7 +48,7 @@ def test_bench_host_alternates_and_reports_time_and_memory_side_by_side(tmp_path
     assert kinds == ['plain', 'omost', 'plain', 'omost', 'omost', 'plain']  # warm-up, then alternating
     assert all(job['alwayson_scripts']['Omost']['args'] == [True, dragon_code] for job in _WebUI.jobs
                if 'alwayson_scripts' in job)
-    assert [(j['width'], j['steps']) for j in _WebUI.jobs] == [(64, 1)] * 2 + [(128, 3)] * 4  # warm-up: small
+    assert [(j['width'], j['steps']) for j in _WebUI.jobs] == [(128, 1)] * 2 + [(128, 3)] * 4  # warm-up: 1 step
     assert {j['override_settings']['sd_model_checkpoint'] for j in _WebUI.jobs} == {'random-sd15'}
     row, = json.loads(out.read_text())
     assert row['omost_wall'] > row['plain_wall'] + 0.05  # each Omost job sleeps 0.1 s longer

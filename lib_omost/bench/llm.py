@@ -151,6 +151,9 @@ def _report(title: str, raw: str, rows: list, cache: bool) -> bool:
 
 
 def main(args) -> int:
+    if getattr(args, 'turns', False):
+        from lib_omost.bench import llm_turns
+        return llm_turns.main(args)
     try:
         import torch
         import transformers  # noqa: F401

@@ -273,7 +273,17 @@ def _finished_status(upd, prefix: str = '') -> str:
     elif upd.tokens:
         about = '' if upd.tokens_exact else 'about '  # a server that sends no usage: estimated from characters
         parts.append(f'{about}{upd.tokens} tokens, {upd.tokens_per_s:.1f} tokens/s.')
+        if upd.stats:
+            parts.append(stats_text(upd.stats))
     return ' '.join(parts)  # the engine's notice already says when a reply was stopped or cut
+
+
+def stats_text(stats: dict) -> str:
+    """'prompt 1,733 tokens (1,717 reused) · drafted 1,100, accepted 1,050.' for an in-process reply."""
+    text = f"prompt {stats.get('prompt_tokens', 0):,} tokens ({stats.get('prompt_reused', 0):,} reused)"
+    if stats.get('drafted'):
+        text += f" · drafted {stats['drafted']:,}, accepted {stats.get('accepted', 0):,}"
+    return text + '.'
 
 
 CONTINUING = 'Continuing from your edited canvas.'

@@ -53,7 +53,7 @@ def test_streams_a_canvas_with_omost_format_and_params():
     assert (method, path) == ('POST', '/v1/chat/completions')
     assert headers['Authorization'] == 'Bearer sk-test'
     assert body == {'model': 'omost-llama-3-8b', 'stream': True, 'seed': 7, 'temperature': 0.3, 'top_p': 0.8,
-                    'max_tokens': 999, 'messages': [
+                    'max_tokens': 999, 'cache_prompt': True, 'messages': [
                         {'role': 'system', 'content': SYSTEM_PROMPT},
                         {'role': 'user', 'content': EARLIER[0].user},
                         {'role': 'assistant', 'content': EARLIER[0].assistant},
@@ -368,3 +368,42 @@ def test_a_compressed_error_body_and_an_unreadable_encoding_are_told():
     assert last.error == (f'The server at {url} sent a br-compressed reply although an uncompressed one was asked '
                           'for; turn compression off in the server (or the proxy in front of it).')
     assert_history_intact(conv)
+
+
+def strict_server(status, message):
+    """A server that refuses fields it does not know, like OpenAI's API (400 'Unrecognized request argument') or a
+    validating one (422); `cache_prompt` is llama.cpp's."""
+    def script(h, body):
+        if 'cache_prompt' in body:
+            h.send_json(status, {'error': {'message': message, 'type': 'invalid_request_error'}})
+        else:
+            stream_text(['canvas = ', 'Canvas()'])(h, body)
+    return script
+
+
+@pytest.mark.parametrize('status', [400, 422])
+def test_cache_prompt_is_dropped_for_a_server_that_refuses_it(status):
+    with LoopbackServer(strict_server(status, 'Unrecognized request argument supplied: cache_prompt')) as srv:
+        backend = ServerBackend(srv.url, 'm')
+        first = run(backend, conversation(), 'a cat')[-1]
+        again = run(ServerBackend(srv.url, 'm'), conversation(), 'a dog')[-1]  # the UI makes a backend per reply
+        sent = [r[3] for r in srv.requests]
+    assert (first.text, first.error, again.text, again.error) == ('canvas = Canvas()', None, 'canvas = Canvas()', None)
+    assert [('cache_prompt' in b) for b in sent] == [True, False, False]  # refused once, then never sent again
+    assert sent[0]['messages'] == sent[1]['messages'] and sent[2]['messages'][-1]['content'] == 'a dog'
+
+
+def test_cache_prompt_stays_for_a_server_that_takes_it_and_a_real_400_is_reported():
+    with LoopbackServer(stream_text(['canvas'])) as srv:
+        run(ServerBackend(srv.url, 'm'), conversation(), 'a cat')
+        run(ServerBackend(srv.url, 'm'), conversation(), 'a dog')
+        assert [r[3].get('cache_prompt') for r in srv.requests] == [True, True]
+    too_long = {'error': {'message': 'the request exceeds the available context size'}}
+    with LoopbackServer(lambda h, b: h.send_json(400, too_long, reason='Bad Request')) as srv:
+        last = run(ServerBackend(srv.url, 'm'), conversation(), 'a cat')[-1]
+        again = run(ServerBackend(srv.url, 'm'), conversation(), 'a cat')[-1]
+        sent = [r[3].get('cache_prompt') for r in srv.requests]
+    assert last.error == (f'The server at {srv.url}/v1 answered HTTP 400 Bad Request: the request exceeds the '
+                          'available context size.')
+    assert again.error == last.error
+    assert sent == [True, None, True, None]  # a 400 that was not about the field is not remembered as a refusal

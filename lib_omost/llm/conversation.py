@@ -63,6 +63,8 @@ class ChatUpdate:
     tokens_per_s: float = 0.0
     prompt_tokens: int = 0         # the conversation's size in tokens (estimated for servers)
     finish: str = ''               # on done: 'stop', 'length', 'cancelled', 'error', 'cached'
+    stats: dict | None = None      # in-process backends: prompt_tokens, prompt_reused, model_calls, drafted,
+                                   # accepted, reply_tokens (see lib_omost.llm.inprocess)
 
 
 @dataclasses.dataclass

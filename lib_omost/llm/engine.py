@@ -7,6 +7,7 @@ A backend offers:
     count_tokens(messages) -> (n, exact)
     stream(messages, params, stop) -> iterator of events:
         ('text', delta)  ('tokens', n_so_far)  ('notice', line)  ('usage', {'prompt_tokens': n})
+        ('stats', {'prompt_tokens', 'prompt_reused', 'model_calls', 'drafted', 'accepted', 'reply_tokens'})
         ('finish', 'stop' | 'length')
     and raises ChatError with the user-facing message on failure. A stream that ends without 'finish' because
     `stop` was set counts as cancelled.
@@ -158,6 +159,10 @@ def stream_reply(backend, conv: Conversation, message: str, params: ChatParams |
                 if isinstance(value.get('completion_tokens'), int) and value['completion_tokens'] > 0:
                     exact_tokens = update.tokens_exact = True  # the server's own count of the reply
                     update.tokens = value['completion_tokens']
+                continue
+            elif kind == 'stats':
+                update.stats = dict(value)
+                update.prompt_tokens = value.get('prompt_tokens') or update.prompt_tokens
                 continue
             elif kind == 'finish':
                 reason = value

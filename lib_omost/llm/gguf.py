@@ -3,9 +3,15 @@ A1111 or Forge, on the GPU or the CPU, without a server and without transformers
 
 The prompt is the GGUF's own chat template (Omost's Llama-3 template) rendered like transformers renders it, then
 tokenized with special tokens parsed and no BOS added (the template writes it), so the ids equal those the
-transformers backend builds. Each reply evaluates the whole conversation afresh, so a seed always gives the same
-reply. Sampling follows Omost's `generate()` call: temperature and top-p, top-k 50 (transformers' default), no
-min-p and no repetition penalty; temperature 0 is greedy.
+transformers backend builds. Sampling follows Omost's `generate()` call: temperature and top-p, top-k 50
+(transformers' default), no min-p and no repetition penalty; temperature 0 is greedy (the argmax, like llama.cpp's
+greedy sampler).
+
+The context is kept between replies (`reuse_prompt`, see `lib_omost.llm.inprocess`): the next reply trims it to the
+prefix its prompt shares with what was evaluated and evaluates the rest. Greedy replies decode in our own loop over
+llama.cpp's batch API, so drafted tokens are verified in one `llama_decode` with logits for every position
+(`draft`); sampled replies use `Llama.generate(reset=False)` after the same trim. `logits_hook` (benchmarks and
+tests only) gets a 1-D float32 numpy row of the vocabulary's size.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import ctypes
 import os
 import sys
 
+import numpy as np
+
 from lib_omost.llm.conversation import CONTEXT_TOKENS, ChatError, ChatParams
-from lib_omost.llm.inprocess import IncrementalDecoder, InProcessBackend, one_line
+from lib_omost.llm.inprocess import IncrementalDecoder, InProcessBackend, common_prefix, decode_greedy, new_stats, one_line
 from lib_omost.llm.models import GGUF_MODELS, download_gguf
 from lib_omost.llm.tiny import LLAMA3_TEMPLATE
 
@@ -111,8 +119,9 @@ class GGUFBackend(InProcessBackend):
     kind = 'gguf'
 
     def __init__(self, model: str, models_dir: str | None = None, keep_loaded: bool = True,
-                 n_gpu_layers: int | None = None, threads: int | None = None, context_tokens: int = CONTEXT_TOKENS):
-        super().__init__(model, models_dir, keep_loaded, context_tokens)
+                 n_gpu_layers: int | None = None, threads: int | None = None, context_tokens: int = CONTEXT_TOKENS,
+                 reuse_prompt: bool = True, draft: str = 'auto'):
+        super().__init__(model, models_dir, keep_loaded, context_tokens, reuse_prompt, draft)
         if not self.name:
             raise ChatError('No GGUF model chosen: pick one of the known GGUF models or enter the path of a .gguf '
                             'file.')
@@ -215,23 +224,74 @@ class GGUFBackend(InProcessBackend):
     def _decoder(self, llm):
         return IncrementalDecoder(lambda ids: llm.detokenize(ids).decode('utf-8', 'replace'))
 
-    def _job(self, llm, ids, params: ChatParams, streamer, criterion):
+    def _job(self, llm, ids, params: ChatParams, streamer, criterion, stats):
         import llama_cpp
         vocab = llm._model.vocab
         limit = int(params.max_new_tokens)
         n_ctx = min(llm.n_ctx(), self.context_tokens)  # llama.cpp rounds its context up to a multiple of 256
-        sampling = dict(temp=float(params.temperature), top_p=float(params.top_p), top_k=TOP_K, min_p=0.0,
-                        repeat_penalty=1.0)
+        draft, hook = self.draft_mode(params), self.logits_hook
+        n_vocab = llm.n_vocab()
+
+        def is_end(token):
+            return bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+
+        def row(i):
+            return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, i), shape=(n_vocab,)).copy()
+
+        def keep(n):
+            """Trim the context to its first n tokens (False: this memory cannot trim; start afresh)."""
+            if n <= 0 or not llm._ctx.kv_cache_seq_rm(-1, n, -1):
+                llm.reset()
+                return False
+            llm.n_tokens = n
+            llm._requires_eval = True
+            return True
+
+        def step(tokens):
+            n_past = llm.n_tokens
+            llm._batch.set_batch(batch=tokens, n_past=n_past, logits_all=True)
+            llm._ctx.decode(llm._batch)
+            llm.input_ids[n_past:n_past + len(tokens)] = tokens
+            llm.n_tokens += len(tokens)
+            llm._requires_eval = False
+            return [row(i) for i in range(len(tokens))]
 
         def job():
-            llm.reset()  # a fresh evaluation of the whole prompt: the same seed gives the same reply
+            # the longest prefix shared with what the context holds, less one token (its logits are needed)
+            shared = common_prefix(llm.input_ids[:llm.n_tokens].tolist(), ids) if self.reuse_prompt else 0
+            reused = min(shared, len(ids) - 1)
+            if not keep(reused):
+                reused = 0
+            stats.update(new_stats(len(ids), reused))
+            try:
+                if params.temperature > 0:
+                    sample()
+                else:
+                    llm.eval(ids[reused:])
+                    decode_greedy(list(ids), row(-1), step, keep, lambda r: int(np.argmax(r)), is_end, streamer.add,
+                                  stats, limit=limit, n_ctx=n_ctx, criterion=criterion, draft=draft, hook=hook)
+            except BaseException:
+                llm.reset()  # a failure mid-evaluation leaves the context unknown
+                raise
+            if not self.reuse_prompt:
+                llm.reset()
+
+        def sample():
             llm.set_seed(int(params.seed) % 0xFFFFFFFF)  # 0xFFFFFFFF would mean "random" to llama.cpp
+            processors = None
+            if hook is not None:
+                processors = [lambda input_ids, scores: hook([int(t) for t in input_ids], scores)]
             n = 0
-            for token in llm.generate(ids, **sampling):
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
+            tokens = ids[stats['prompt_reused']:]
+            for token in llm.generate(tokens, reset=False, temp=float(params.temperature), top_p=float(params.top_p),
+                                      top_k=TOP_K, min_p=0.0, repeat_penalty=1.0, logits_processor=processors):
+                if n:
+                    stats['model_calls'] += 1
+                if is_end(token):
                     return
                 streamer.add([token])
                 n += 1
+                stats['reply_tokens'] = n
                 if n >= limit or criterion():
                     return  # checked before the next token is evaluated: Stop costs no further forward pass
                 if len(ids) + n >= n_ctx:

@@ -8,10 +8,26 @@ A subclass provides:
     _tokenize(messages) -> [int]             the chat template's prompt ids
     _handle()                                the loaded objects one reply uses (kept while it streams)
     _decoder(handle) -> IncrementalDecoder
-    _job(handle, ids, params, streamer, criterion) -> callable
+    _job(handle, ids, params, streamer, criterion, stats) -> callable
                                              run in the generation thread under the model's lock; it feeds
-                                             `streamer.add(ids)` and ends when `criterion()` returns True
+                                             `streamer.add(ids)`, ends when `criterion()` returns True and
+                                             fills `stats` (new_stats())
     _failure(exception) -> ChatError         optional: the message for a failure inside the job
+
+Both backends keep the model's state between replies when the model stays loaded (`reuse_prompt`): a reply
+evaluates only the prompt tokens after the longest prefix shared with what the model evaluated last, so turn 2 of
+a chat re-reads only the new user message. Greedy replies (temperature 0) may draft tokens by prompt lookup
+(`draft`): the continuation of the latest earlier occurrence of the last 3 (else 2, else 1) tokens of the
+conversation is verified in one forward pass, the longest prefix that agrees with the model's own greedy choices is
+kept, and the rest is dropped from the model's state; the reply is token for token the greedy reply. Sampling
+always decodes one token per forward pass.
+
+Each stream ends with ('stats', {...}) before ('finish', ...): prompt_tokens, prompt_reused, model_calls (forward
+passes after the prompt's evaluation), drafted, accepted, reply_tokens.
+
+`logits_hook` (benchmarks and tests only, default None): `hook(ids, logits) -> logits`, applied to the logits
+row that predicts the token after `ids` (the full id list so far) wherever the backend picks a token, drafted
+positions included. The benchmark uses it to make a real-size random model replay a real transcript.
 """
 
 from __future__ import annotations
@@ -93,6 +109,122 @@ class IncrementalDecoder:
         return ''
 
 
+DRAFT_MODES = ('auto', 'on', 'off')
+DRAFT_MAX = 10  # tokens drafted per forward pass at most
+
+
+def common_prefix(a, b) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PromptLookup:
+    """Draft tokens from the conversation itself: the tokens that followed the latest earlier occurrence of the
+    last 3 (else 2, else 1) ids. An index of n-grams by their latest end keeps each lookup O(1)."""
+
+    ORDERS = (3, 2, 1)
+
+    def __init__(self):
+        self.index = {n: {} for n in self.ORDERS}
+        self.done = 0  # n-grams ending before this position are indexed
+
+    def _update(self, ids: list):
+        for end in range(max(self.done, 1), len(ids)):  # an n-gram ending at `end` is followed by ids[end]
+            for n in self.ORDERS:
+                if end >= n:
+                    self.index[n][tuple(ids[end - n:end])] = end
+        self.done = max(self.done, len(ids))
+
+    def draft(self, ids: list, k: int) -> list:
+        if k <= 0:
+            return []
+        self._update(ids)
+        for n in self.ORDERS:
+            end = self.index[n].get(tuple(ids[-n:])) if len(ids) > n else None
+            if end is not None:
+                return ids[end:end + k]
+        return []
+
+
+class DraftLength:
+    """How many tokens to draft next. 'on': always DRAFT_MAX. 'auto': transformers' heuristic schedule (2 more
+    after a fully accepted draft, 1 fewer otherwise, between 1 and DRAFT_MAX), so a reply that drafts badly
+    (a first canvas) spends little on verifying."""
+
+    def __init__(self, mode: str):
+        self.adaptive = mode == 'auto'
+        self.k = DRAFT_MAX
+
+    def update(self, drafted: int, accepted: int):
+        if self.adaptive and drafted:
+            self.k = min(DRAFT_MAX, self.k + 2) if accepted == drafted else max(1, self.k - 1)
+
+
+def new_stats(prompt_tokens: int, reused: int) -> dict:
+    return {'prompt_tokens': prompt_tokens, 'prompt_reused': reused, 'model_calls': 0, 'drafted': 0,
+            'accepted': 0, 'reply_tokens': 0}
+
+
+def decode_greedy(ids: list, first_logits, step, rollback, argmax, is_end, emit, stats: dict, *, limit: int,
+                  n_ctx: int, criterion, draft: str, hook=None):
+    """Greedy decoding with optional prompt-lookup drafts, over one backend's primitives:
+    ids: the prompt ids (extended in place with the reply); first_logits: the row after the prompt;
+    step(tokens) -> rows: evaluate `tokens` after the model's state, a logits row per token;
+    rollback(n): keep the model's state for the first n ids only; argmax(row) -> int; is_end(token) -> bool;
+    emit(tokens): stream reply tokens. Every picked token equals the plain greedy choice (a draft token is kept
+    only where the model's own argmax agrees), so the reply is the plain greedy reply.
+    Raises ChatError when the reply fills the context."""
+    drafter = PromptLookup() if draft != 'off' else None
+    length = DraftLength(draft)
+
+    def pick(row):
+        return argmax(hook(list(ids), row) if hook is not None else row)
+
+    def done(n_reply):
+        return n_reply >= limit or criterion()
+
+    def full():
+        n = stats['reply_tokens']
+        raise ChatError(f"The reply filled the model's context ({n_ctx} tokens) after {n} new tokens; the partial "
+                        'reply is kept. Start a new chat, or edit an earlier message.')
+
+    token = pick(first_logits)
+    while True:
+        if is_end(token):
+            return
+        ids.append(token)
+        stats['reply_tokens'] += 1
+        emit([token])
+        if done(stats['reply_tokens']):
+            return  # checked before the next evaluation: Stop and the token limit cost no further forward pass
+        if len(ids) >= n_ctx:
+            full()
+        room = min(length.k, limit - stats['reply_tokens'], n_ctx - len(ids) - 1)
+        drafted = drafter.draft(ids, room) if drafter is not None else []
+        rows = step([token] + drafted)  # the model's state now holds ids + drafted
+        stats['model_calls'] += 1
+        stats['drafted'] += len(drafted)
+        token = pick(rows[0])
+        accepted = 0
+        while accepted < len(drafted) and token == drafted[accepted] and not is_end(token):
+            ids.append(token)
+            accepted += 1
+            stats['accepted'] += 1
+            stats['reply_tokens'] += 1
+            emit([token])
+            if done(stats['reply_tokens']):
+                rollback(len(ids))
+                return
+            token = pick(rows[accepted])
+        length.update(len(drafted), accepted)
+        if accepted < len(drafted):
+            rollback(len(ids))  # the rejected drafts leave the model's state; `token` is evaluated next
+
+
 def one_line(e: Exception) -> str:
     return ' '.join(str(e).split())[:300] or type(e).__name__
 
@@ -101,11 +233,15 @@ class InProcessBackend:
     kind = 'in-process'
     update_interval = 0.05  # seconds between streamed updates; tokens arriving meanwhile are batched
 
-    def __init__(self, name: str, models_dir: str | None, keep_loaded: bool, context_tokens: int = CONTEXT_TOKENS):
+    def __init__(self, name: str, models_dir: str | None, keep_loaded: bool, context_tokens: int = CONTEXT_TOKENS,
+                 reuse_prompt: bool = True, draft: str = 'auto'):
         self.name = (name or '').strip()
         self.models_dir = models_dir or os.path.join('models', 'omost')
         self.keep_loaded = keep_loaded
         self.context_tokens = int(context_tokens)
+        self.reuse_prompt = bool(reuse_prompt)  # keep the model's state between replies (only while it stays loaded)
+        self.draft = draft
+        self.logits_hook = None  # benchmarks and tests only, see the module docstring
         self._encoded = None
         self._lock = threading.Lock()
 
@@ -160,6 +296,11 @@ class InProcessBackend:
             return sum(len(m['content']) for m in messages) // 4 + 4 * len(messages), False
         return len(self.prompt_ids(messages)), True
 
+    def draft_mode(self, params: ChatParams) -> str:
+        """'off', 'auto' or 'on' for this reply: drafts only for greedy replies (sampling decodes plainly)."""
+        mode = self.draft if self.draft in DRAFT_MODES else 'auto'
+        return mode if params.temperature <= 0 else 'off'
+
     def _failure(self, e: Exception) -> ChatError:
         return e if isinstance(e, ChatError) else ChatError(f'The model failed while writing: '
                                                             f'{type(e).__name__}: {one_line(e)}')
@@ -178,7 +319,8 @@ class InProcessBackend:
         abort = threading.Event()
         criterion = StopOnEvent(stop, abort)
         streamer = TokenStreamer()
-        job = self._job(handle, ids, params, streamer, criterion)
+        stats = {}
+        job = self._job(handle, ids, params, streamer, criterion, stats)
         failure = []
 
         def run():
@@ -206,6 +348,8 @@ class InProcessBackend:
             thread.join()
             if failure:
                 raise self._failure(failure[0])
+            if stats:
+                yield 'stats', dict(stats)
             if not criterion.cancelled:
                 yield 'finish', 'length' if len(out) >= params.max_new_tokens else 'stop'
         finally:

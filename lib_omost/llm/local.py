@@ -2,6 +2,13 @@
 `generate()` in a thread feeding a token streamer (`lib_omost.llm.inprocess`), a stopping criterion watching the
 stop event, and `torch.manual_seed(seed)` before sampling (temperature 0 = greedy).
 
+The conversation's key/value cache is kept with the backend between replies (`reuse_prompt`, see
+`lib_omost.llm.inprocess`): a `DynamicCache` cropped to the prefix the next prompt shares with it, or the tuple
+cache of transformers < 4.36, sliced. Greedy replies decode in our own loop (the same forward passes as
+`generate()`'s greedy search, plus prompt-lookup drafts verified in one pass, `draft`); sampled replies go through
+`generate()` with the cropped cache, so a seed samples as in Omost. `logits_hook` (benchmarks and tests only) gets a
+1-D float32 torch tensor.
+
 Versions are checked from the model's config files before anything is loaded: an old transformers would load
 Llama-3 and silently produce garbage (4.30.2 ignores `rope_theta`), and bitsandbytes is only touched (by
 transformers) for the quantised checkpoints, after checking that it can work here.
@@ -11,12 +18,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import inspect
 import json
 import os
 import re
 
 from lib_omost.llm.conversation import CONTEXT_TOKENS, ChatError, ChatParams
-from lib_omost.llm.inprocess import IncrementalDecoder, InProcessBackend
+from lib_omost.llm.inprocess import IncrementalDecoder, InProcessBackend, common_prefix, decode_greedy, new_stats
 from lib_omost.llm.models import catalogue_entry, download_model, is_complete
 
 ALTERNATIVES = ('Alternatives: run the model on an OpenAI-compatible server (llama.cpp `llama-server` or Ollama '
@@ -104,14 +112,17 @@ class LocalBackend(InProcessBackend):
     kind = 'local'
 
     def __init__(self, model_path_or_name: str, models_dir: str | None = None, keep_loaded: bool = True,
-                 device: str = 'auto', context_tokens: int = CONTEXT_TOKENS):
-        super().__init__(model_path_or_name, models_dir, keep_loaded, context_tokens)
+                 device: str = 'auto', context_tokens: int = CONTEXT_TOKENS, reuse_prompt: bool = True,
+                 draft: str = 'auto'):
+        super().__init__(model_path_or_name, models_dir, keep_loaded, context_tokens, reuse_prompt, draft)
         if not self.name:
             raise ChatError('No local model chosen: pick an Omost model or enter a model folder.')
         self.device = device or 'auto'
         self.model = None
         self.tokenizer = None
         self.folder = None
+        self._kv = None      # the key/value cache of the last reply (DynamicCache, or tuples before 4.36)
+        self._kv_ids = []    # the token ids it holds, in order
 
     # -- where the model is ----------------------------------------------------------------------------------
 
@@ -196,6 +207,7 @@ class LocalBackend(InProcessBackend):
 
     def _release(self) -> bool:
         had = self.model is not None
+        self._kv, self._kv_ids = None, []
         self.model = None
         self.tokenizer = None
         return had
@@ -228,11 +240,14 @@ class LocalBackend(InProcessBackend):
         tokenizer = handle[1]
         return IncrementalDecoder(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
 
-    def generate_kwargs(self, input_ids, params: ChatParams, streamer, criterion) -> dict:
+    def generate_kwargs(self, input_ids, params: ChatParams, streamer, criterion, processors=()) -> dict:
+        from transformers.generation.logits_process import LogitsProcessorList
         from transformers.generation.stopping_criteria import StoppingCriteriaList
         import torch
         kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
                       stopping_criteria=StoppingCriteriaList([criterion]), max_new_tokens=int(params.max_new_tokens))
+        if processors:
+            kwargs['logits_processor'] = LogitsProcessorList(processors)
         pad = self.tokenizer.pad_token_id
         kwargs['pad_token_id'] = pad if pad is not None else self.tokenizer.eos_token_id
         if params.temperature > 0:
@@ -241,18 +256,125 @@ class LocalBackend(InProcessBackend):
             kwargs.update(do_sample=False, temperature=None, top_p=None)  # greedy, like Omost at temperature 0
         return kwargs
 
-    def _job(self, handle, ids, params: ChatParams, streamer, criterion):
+    def _end_ids(self, model) -> set:
+        eos = getattr(getattr(model, 'generation_config', None), 'eos_token_id', None)
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
+
+    def _job(self, handle, ids, params: ChatParams, streamer, criterion, stats):
         import torch
         model = handle[0]
-        input_ids = torch.tensor([ids], dtype=torch.long).to(model.device)
-        kwargs = self.generate_kwargs(input_ids, params, streamer, criterion)
+        device = getattr(model, 'device', None)
+        draft, hook = self.draft_mode(params), self.logits_hook
+        keep_logits = _logits_arg(model)
+        ends = self._end_ids(model)
+        state = {}
+
+        def forward(tokens, rows):
+            """Evaluate `tokens` after the cache; the logits of the last `rows` positions, as float32."""
+            past = cache_length(state['kv'])
+            input_ids = torch.tensor([tokens], dtype=torch.long, device=device)
+            mask = torch.ones((1, past + len(tokens)), dtype=torch.long, device=device)
+            extra = {keep_logits: rows} if keep_logits else {}
+            out = model(input_ids=input_ids, attention_mask=mask, past_key_values=state['kv'], use_cache=True,
+                        **extra)
+            state['kv'] = out.past_key_values
+            return out.logits[0, -rows:].float()
+
+        def step(tokens):
+            state['ids'] += tokens
+            return forward(tokens, len(tokens))
+
+        def keep(n):
+            state['kv'] = crop_cache(state['kv'], n)
+            del state['ids'][n:]
 
         def job():
+            shared = common_prefix(self._kv_ids, ids) if self.reuse_prompt and self._kv is not None else 0
+            reused = min(shared, len(ids) - 1)
+            kv, self._kv, self._kv_ids = self._kv, None, []  # unknown until this reply ends well
+            state['kv'] = crop_cache(kv, reused) if reused else new_cache()
+            state['ids'] = list(ids[:reused])
+            stats.update(new_stats(len(ids), reused))
             # Omost's chat_fn seeds the global generator; fork it so the WebUI's RNG state is the same after the
             # chat as before
-            device = getattr(model, 'device', None)
             cuda = [device.index or 0] if getattr(device, 'type', '') == 'cuda' else []
-            with torch.random.fork_rng(devices=cuda):
+            with torch.random.fork_rng(devices=cuda), torch.no_grad():
                 torch.manual_seed(int(params.seed))
-                model.generate(**kwargs)
+                if params.temperature > 0:
+                    sample()
+                else:
+                    first = forward(ids[reused:], 1)[-1]
+                    state['ids'] = list(ids)
+                    decode_greedy(list(ids), first, step, keep, lambda r: int(torch.argmax(r)), ends.__contains__,
+                                  streamer.add, stats, limit=int(params.max_new_tokens),
+                                  n_ctx=self.context_tokens, criterion=criterion, draft=draft, hook=hook)
+            if self.reuse_prompt and state['kv'] is not None:
+                self._kv, self._kv_ids = state['kv'], state['ids'][:cache_length(state['kv'])]
+
+        def sample():
+            counted = _Counter(hook, stats)
+            input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+            kwargs = self.generate_kwargs(input_ids, params, streamer, criterion, [counted])
+            if not isinstance(state['kv'], tuple) and state['kv'] is not None:
+                kwargs['past_key_values'] = state['kv']  # generate() evaluates the prompt after the cache
+            else:  # transformers < 4.36: generate() takes no partial cache and returns none
+                state['kv'] = None
+            out = model.generate(**kwargs)
+            state['ids'] = out[0].tolist()
+            stats['reply_tokens'] = len(state['ids']) - len(ids) - int(state['ids'][-1] in ends)
         return job
+
+
+class _Counter:
+    """A logits processor for generate(): counts the forward passes and applies the logits hook."""
+
+    def __init__(self, hook, stats):
+        self.hook, self.stats, self.calls = hook, stats, 0
+
+    def __call__(self, input_ids, scores):
+        if self.calls:
+            self.stats['model_calls'] += 1
+        self.calls += 1
+        if self.hook is not None:
+            scores = scores.clone()
+            scores[0] = self.hook(input_ids[0].tolist(), scores[0])
+        return scores
+
+
+def _logits_arg(model):
+    """The forward argument that limits the logits to the last positions (a prompt's logits would take GBs)."""
+    try:
+        names = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    return next((n for n in ('logits_to_keep', 'num_logits_to_keep') if n in names), None)
+
+
+def new_cache():
+    try:
+        from transformers import DynamicCache
+    except ImportError:
+        return None  # transformers < 4.36: the model returns tuples
+    return DynamicCache()
+
+
+def cache_length(cache) -> int:
+    if cache is None:
+        return 0
+    if hasattr(cache, 'get_seq_length'):
+        return int(cache.get_seq_length())
+    return int(cache[0][0].shape[-2])
+
+
+def crop_cache(cache, n: int):
+    """The cache holding only its first n positions (in place where the cache allows)."""
+    if cache is None or cache_length(cache) <= n:
+        return cache
+    if hasattr(cache, 'crop'):
+        cache.crop(n)
+        return cache
+    if isinstance(cache, tuple):
+        return tuple(tuple(t[..., :n, :] for t in layer) for layer in cache)
+    raise TypeError(f'cannot crop a {type(cache).__name__}')

@@ -22,6 +22,7 @@ MAX_LINE = 1 << 20        # one SSE line; Omost replies are ~10 KB in total
 MAX_ERROR_BODY = 64 * 1024
 MAX_JSON_BODY = 8 << 20
 CANCEL_POLL_S = 0.05
+_REFUSES_CACHE_PROMPT = set()  # base URLs that answered 400/422 to `cache_prompt` and then accepted the request
 
 
 def normalize_base_url(url: str) -> str:
@@ -196,22 +197,37 @@ class ServerBackend:
                 'top_p': float(params.top_p), 'max_tokens': int(params.max_new_tokens), 'seed': int(params.seed)}
         if self.model:
             body['model'] = self.model
-        conn = self._connect()
-        deadline = _Deadline(conn.sock, self.read_timeout, self.base_url)  # counts from sending the request
-        cancel = _Cancel(stop, conn.sock)
-        try:
-            response = self._request(conn, 'POST', '/chat/completions', body, stop)
-            if response is None:
+        # llama.cpp's server keeps the conversation's evaluated prompt for the next turn with `cache_prompt`; a strict
+        # OpenAI server may refuse a field it does not know (400, or 422 from a validating one): then the request
+        # goes once more without it, and this server is not sent it again.
+        extra = self.base_url not in _REFUSES_CACHE_PROMPT
+        for retry in (False, True):
+            conn = self._connect()
+            deadline = _Deadline(conn.sock, self.read_timeout, self.base_url)  # counts from sending the request
+            cancel = _Cancel(stop, conn.sock)
+            try:
+                response = self._request(conn, 'POST', '/chat/completions',
+                                         dict(body, cache_prompt=True) if extra else body, stop, raise_status=False)
+                if response is None:
+                    return
+                if response.status >= 300:
+                    error = self._status_error(response)
+                    if extra and response.status in (400, 422) and not retry:
+                        extra = False
+                        continue
+                    raise error
+                if retry:
+                    _REFUSES_CACHE_PROMPT.add(self.base_url)
+                ctype = (response.getheader('Content-Type') or '').lower()
+                reader = _body_reader(response, self.base_url)
+                if 'text/event-stream' in ctype or 'json' not in ctype:
+                    yield from self._events(reader, stop, deadline)
+                else:  # a server that ignores `stream: true` and answers with one JSON completion
+                    yield from self._whole(reader, stop, deadline)
                 return
-            ctype = (response.getheader('Content-Type') or '').lower()
-            reader = _body_reader(response, self.base_url)
-            if 'text/event-stream' in ctype or 'json' not in ctype:
-                yield from self._events(reader, stop, deadline)
-            else:  # a server that ignores `stream: true` and answers with one JSON completion
-                yield from self._whole(reader, stop, deadline)
-        finally:
-            cancel.close()
-            conn.close()
+            finally:
+                cancel.close()
+                conn.close()
 
     # -- models ------------------------------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from lib_omost.llm.inprocess import DRAFT_MODES as DRAFT_CHOICES  # auto / on / off
+
 SECTION = ('omost', 'Omost')
 BACKENDS = ('server', 'local', 'gguf')  # OpenAI-compatible HTTP server / transformers / llama.cpp in the WebUI
 
@@ -204,6 +206,12 @@ def _options():
          'WebUI\'s models or data folder; needs llama-cpp-python)', 'Textbox', {}, _path_setting('omost_gguf_model')),
         ('omost_keep_loaded', True, 'Keep the local LLM loaded between replies (off: unload after each reply to '
          'free memory for the image model)', 'Checkbox', {}, {}),
+        ('omost_llm_reuse_prompt', True, 'In-process LLM (local, gguf): reuse the conversation the model already '
+         'read, so each turn evaluates only its new tokens (needs "keep loaded"; off: every reply reads the whole '
+         'conversation afresh)', 'Checkbox', {}, {}),
+        ('omost_llm_draft', 'auto', 'In-process LLM: draft tokens from the conversation (prompt lookup) and verify '
+         'them in one pass, for greedy replies (temperature 0); the reply is the same. auto: on for greedy replies, '
+         'the draft length adapted to how much is accepted', 'Radio', {'choices': list(DRAFT_CHOICES)}, {}),
         ('omost_presets_file', '', 'Tag presets file (empty: presets.json in the WebUI data folder, under omost/; '
          'a file elsewhere must be inside the data or models folder)', 'Textbox', {},
          _path_setting('omost_presets_file')),
@@ -256,6 +264,8 @@ def current() -> dict:
         gguf_model=gguf_model(),
         models_dir=models_dir(),
         keep_loaded=bool(get('omost_keep_loaded', True)),
+        reuse_prompt=bool(get('omost_llm_reuse_prompt', True)),
+        draft=get('omost_llm_draft', 'auto') if get('omost_llm_draft') in DRAFT_CHOICES else 'auto',
         system_prompt=get('omost_system_prompt', ''),
         data_dir=data_dir() if cache_mb > 0 else '',
         cache_bytes=int(cache_mb) * 1024 * 1024,

@@ -209,7 +209,9 @@ _local_lock = threading.Lock()
 
 
 def make_backend(kind, server_url, server_model, api_key, local_model, models_dir, keep_loaded, gguf_model='',
-                 gguf_gpu_layers=-1, gguf_threads=0):
+                 gguf_gpu_layers=-1, gguf_threads=0, reuse_prompt=True, draft='auto'):
+    """The backend for a reply; an in-process one is kept across replies (its model and conversation cache), with
+    `reuse_prompt` and `draft` (the LLM settings) set for this reply."""
     from lib_omost.llm import ChatError, LocalBackend, ServerBackend
     if kind in ('local', 'gguf'):
         if kind == 'local' and not local_model:
@@ -230,7 +232,9 @@ def make_backend(kind, server_url, server_model, api_key, local_model, models_di
                 if _local_backend['backend'] is not None:
                     _local_backend['backend'].unload()  # free the previous model's memory first
                 _local_backend.update(key=key, backend=make())
-            return _local_backend['backend']
+            backend = _local_backend['backend']
+            backend.reuse_prompt, backend.draft = bool(reuse_prompt), draft
+            return backend
     if not (server_url or '').strip():
         raise ChatError('Set the LLM server URL in the LLM settings (e.g. http://127.0.0.1:8080/v1).')
     return ServerBackend(server_url.strip(), (server_model or '').strip(), api_key=(api_key or None))
@@ -313,12 +317,13 @@ def mark_edited_canvas(conv, canvas_text) -> bool:
 def chat_stream(mode, session, message, kind, server_url, server_model, api_key, local_model, keep_loaded,
                 seed, temperature, top_p, max_new_tokens, gguf_model='', gguf_gpu_layers=-1, gguf_threads=0, *,
                 models_dir='', system_prompt='', cache=None, saved_api_key=('', ''), canvas_text=None,
-                live_preview=True):
+                live_preview=True, reuse_prompt=True, draft='auto'):
     """Generator of (chatbot, input box, canvas text, status) for Send ('new'/'edit') and Retry ('retry').
     An empty API key box means the saved key, for the saved server URL only (`api_key_for`).
     canvas_text: the code box; when it was edited after the last reply, the model continues from the edit.
     live_preview: while the reply streams, each complete Canvas call goes to the code box (and so the editor),
-    at most every LIVE_INTERVAL_S."""
+    at most every LIVE_INTERVAL_S. reuse_prompt, draft: the in-process backends' conversation cache and prompt-lookup
+    drafting (the LLM settings)."""
     from lib_omost.llm import ChatError, ChatParams, stream_reply
     keep = gr.update()
     conv = session.conversation
@@ -347,7 +352,8 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
         yield (base + [(message, '')], ('' if mode != 'retry' else keep), keep,
                status_html(' '.join(filter(None, [continuing, 'Waiting for the LLM...']))))
         backend = make_backend(kind, server_url, server_model, api_key_for(server_url, api_key, saved_api_key),
-                               local_model, models_dir, keep_loaded, gguf_model, gguf_gpu_layers, gguf_threads)
+                               local_model, models_dir, keep_loaded, gguf_model, gguf_gpu_layers, gguf_threads,
+                               reuse_prompt, draft)
         params = ChatParams(seed=int(seed), temperature=float(temperature), top_p=float(top_p),
                             max_new_tokens=int(max_new_tokens))
         for upd in stream_reply(backend, conv, message, params, session.stop, system_prompt=system_prompt or None,
@@ -634,7 +640,9 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
             args, (canvas, *image_size) = args[:-len(chat_extra)], args[-len(chat_extra):]
             yield from chat_with_editor(mode, *args, models_dir=settings.get('models_dir') or '',
                                         system_prompt=settings.get('system_prompt') or '', cache=_chat_cache(settings),
-                                        saved_api_key=saved_api_key, canvas_text=canvas, image_size=image_size)
+                                        saved_api_key=saved_api_key, canvas_text=canvas, image_size=image_size,
+                                        reuse_prompt=settings.get('reuse_prompt', True),
+                                        draft=settings.get('draft', 'auto'))
         return run
 
     chat_inputs = [c['session'], c['message'], c['backend'], c['server_url'], c['server_model'], c['api_key'],

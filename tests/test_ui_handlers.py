@@ -3,6 +3,7 @@
 import html
 import json
 import os
+import re
 import threading
 
 import gradio as gr
@@ -185,12 +186,13 @@ REPLY = canvas_reply(DRAGON)
 
 
 def run_chat(mode, session, message, url, cache=None, saved_api_key=('', ''), canvas_text=None, live_preview=True,
-             **kw):
+             reuse_prompt=True, draft='auto', **kw):
     args = dict(kind='server', server_url=url, server_model='', api_key='', local_model='', keep_loaded=True,
                 seed=1, temperature=0.6, top_p=0.9, max_new_tokens=4096)
     args.update(kw)
     return list(ui.chat_stream(mode, session, message, *args.values(), cache=cache, saved_api_key=saved_api_key,
-                               canvas_text=canvas_text, live_preview=live_preview))
+                               canvas_text=canvas_text, live_preview=live_preview, reuse_prompt=reuse_prompt,
+                               draft=draft))
 
 
 @pytest.fixture(scope='module')
@@ -380,6 +382,19 @@ def test_local_backend_streams_and_is_reused_until_the_model_changes(tmp_path):
     assert user == 'a cat on a sofa' and reply and len(steps) > 3
     assert is_noop(canvas) and 'cut at 12 new tokens' in status  # random weights write no canvas
     backend = ui.make_backend('local', '', '', '', folder, '', True)
+    first = backend.prompt_ids(session.conversation.messages(upto=0))
+    assert f'prompt {len(first):,} tokens (0 reused).' in status
+    # the next turn re-reads only its new tokens; greedy replies draft (the LLM settings reach the kept backend)
+    status = run_chat('new', session, 'and a dog', '', kind='local', local_model=folder, max_new_tokens=12,
+                      temperature=0, draft='on')[-1][3]
+    assert backend.draft == 'on' and backend.reuse_prompt
+    found = re.search(r'prompt ([\d,]+) tokens \(([\d,]+) reused\) · drafted \d+, accepted \d+\.', status)
+    total, reused = (int(g.replace(',', '')) for g in found.groups())
+    assert len(first) <= reused < total
+    status = run_chat('retry', session, '', '', kind='local', local_model=folder, max_new_tokens=12, temperature=0,
+                      reuse_prompt=False, draft='off')[-1][3]
+    assert not backend.reuse_prompt and backend.draft == 'off' and ' reused)' in status and 'drafted' not in status
+    assert '(0 reused)' in status
     assert backend.model is not None  # kept loaded for the next reply, and reused
     assert ui.make_backend('local', '', '', '', folder, '', True) is backend
     other = ui.make_backend('local', '', '', '', str(tmp_path / 'elsewhere'), '', True)

@@ -75,7 +75,8 @@ def test_settings_section_with_command_line_defaults(script_module):
         script_callbacks.ui_settings_callback()
         labels = {k: v for k, v in shared.opts.data_labels.items() if k.startswith('omost_')}
         assert {'omost_models_dir', 'omost_backend', 'omost_server_url', 'omost_server_model', 'omost_keep_loaded',
-                'omost_presets_file', 'omost_system_prompt', 'omost_cache_mb'} <= set(labels)
+                'omost_presets_file', 'omost_system_prompt', 'omost_cache_mb', 'omost_llm_reuse_prompt',
+                'omost_llm_draft'} <= set(labels)
         assert all(info.section == ('omost', 'Omost') for info in labels.values())
         assert 'omost_api_key' not in labels  # GET /sdapi/v1/options would show it
         current = settings.current()
@@ -84,6 +85,11 @@ def test_settings_section_with_command_line_defaults(script_module):
         assert current['presets'] and all(isinstance(name, str) for name in current['presets'])
         shared.opts.omost_cache_mb = 0
         assert settings.current()['data_dir'] == ''
+        assert (current['reuse_prompt'], current['draft']) == (True, 'auto')  # the LLM's conversation cache, drafts
+        shared.opts.omost_llm_reuse_prompt, shared.opts.omost_llm_draft = False, 'off'
+        assert (settings.current()['reuse_prompt'], settings.current()['draft']) == (False, 'off')
+        shared.opts.omost_llm_draft = 'sometimes'  # an unknown value from an old config
+        assert settings.current()['draft'] == 'auto'
     finally:
         for key in list(shared.opts.data_labels):
             if key.startswith('omost_'):

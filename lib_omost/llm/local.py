@@ -257,9 +257,7 @@ class LocalBackend(InProcessBackend):
         return kwargs
 
     def _end_ids(self, model) -> set:
-        eos = getattr(getattr(model, 'generation_config', None), 'eos_token_id', None)
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
+        eos = getattr(getattr(model, 'generation_config', None), 'eos_token_id', None)  # what generate() stops at
         return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
 
     def _job(self, handle, ids, params: ChatParams, streamer, criterion, stats):

@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--canvas', help='host: the canvas file (default: the dragon battle transcript)')
     p.add_argument('--json', help='host: also write the figures here')
     p.add_argument('--rate', type=float, help='live: tokens per second the loopback server streams (default 50)')
+    p.add_argument('--turns', action='store_true', help="llm: Omost's two-turn chat with and without the "
+                                                        'conversation cache and prompt-lookup drafting')
+    p.add_argument('--backend', choices=['gguf', 'local', 'both'], default='both',
+                   help='llm --turns: the in-process backend(s) to measure (default both)')
+    p.add_argument('--threads', type=int, help='llm --turns: CPU threads (default: all cores)')
     p.set_defaults(func=cmd_bench)
     return parser
 

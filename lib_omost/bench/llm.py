@@ -3,6 +3,9 @@ prompt, same (greedy) tokens, plus the response-cache hit time; and, when llama-
 the engine's gguf backend against llama-cpp-python's own generation loop (`Llama.generate`) on the same tiny model
 converted to GGUF. Prints a table per backend and one summary line each.
 
+`bench llm --turns` is another benchmark: Omost's two-turn chat with and without the conversation cache and
+prompt-lookup drafting, on a real-size replay model (`lib_omost.bench.llm_turns`).
+
 The engine adds the chat template, a generate() thread feeding a token streamer, the stop criterion, incremental
 decoding and the updates; the goal is >= 0.95x raw throughput. Runs alternate (raw, engine, raw, ...) and the best
 of each is kept. Throughput is given twice: per second of process CPU time (all threads; what each side costs,
@@ -151,6 +154,9 @@ def _report(title: str, raw: str, rows: list, cache: bool) -> bool:
 
 
 def main(args) -> int:
+    if getattr(args, 'turns', False):
+        from lib_omost.bench import llm_turns
+        return llm_turns.main(args)
     try:
         import torch
         import transformers  # noqa: F401

@@ -26,14 +26,13 @@ from lib_omost.canvas import CanvasError, canvas_to_infotext, load_canvas
 from lib_omost.options import parse_options
 from lib_omost.presets import get_preset, load_presets
 from omost_webui.host_tokenizer import find_tokenize_line
+from omost_webui.notes import note, say_once
 
 INFOTEXT_ENABLED = 'Omost'
 INFOTEXT_CANVAS = 'Omost canvas'
 INFOTEXT_OPTIONS = 'Omost options'
-INFOTEXT_NOTES = 'Omost notes'
 
 _active = None   # the Job whose sampling is running; global callbacks act only for it
-_said_once = set()  # console notices printed once per session
 
 
 try:  # both hosts' API error handler prints a full traceback for any exception that is not an HTTPException
@@ -79,22 +78,6 @@ class Job:
 
 def _job(p):
     return getattr(p, '_omost_job', None)
-
-
-def note(p, message: str):
-    """Something the user must know about this job (a repaired canvas, an ignored statement, regions off for a
-    batch): one line in the console, and the infotext's 'Omost notes', which the API answers with in `info`."""
-    notes = p.__dict__.setdefault('_omost_notes', [])
-    if message not in notes:
-        notes.append(message)
-        print(f'[Omost] {message}')
-        p.extra_generation_params[INFOTEXT_NOTES] = '; '.join(notes)
-
-
-def _say_once(key: str, message: str):
-    if key not in _said_once:
-        _said_once.add(key)
-        print(f'[Omost] {message}')
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -212,7 +195,7 @@ def process(p, enabled, canvas_value, options_value, guidance_value=None, guide_
     if arch is None or find_tokenize_line(p.sd_model) is None:
         message = ('this model has no cross-attention layers (Flux, SD3, ...)' if arch is None else
                    'this model has no CLIP text encoder the extension knows') + '; Omost is skipped for it.'
-        _say_once(message, message)
+        say_once(message, message)
         if hasattr(p, 'comment'):
             p.comment('Omost: ' + message)
         return

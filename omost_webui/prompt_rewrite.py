@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from omost_webui.notes import note
+
 
 def _host_prompt(p, job, user_text: str):
     """The bags for one prompt, built once per job: `check` builds them in `process`, `rewrite` reuses them
@@ -37,7 +39,6 @@ def rewrite(p, job, prompts: list):
     """
     built = [_host_prompt(p, job, user_text) for user_text in prompts]
     prompts[:] = [hp.text for hp in built]  # all rows or none: an exception above leaves the batch as it was
-    from omost_webui.generation import note
     for w in dict.fromkeys(w for hp in built for w in hp.warnings):
         note(p, w)  # once per generation, not per batch
     layouts = [([r.rect for r in hp.regions], list(hp.token_region)) for hp in built]

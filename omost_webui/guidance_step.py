@@ -61,9 +61,10 @@ def search_folders() -> list:
     import glob
     from modules import paths, shared
     models = paths.models_path
-    forge = getattr(shared.cmd_opts, 'controlnet_preprocessor_models_dir', None) \
+    preprocessors = getattr(shared.cmd_opts, 'controlnet_preprocessor_models_dir', None) \
         or os.path.join(models, 'ControlNetPreprocessor')
-    folders = [forge, os.path.join(forge, 'clip_vision')]  # Forge downloads CLIP-ViT-bigG.safetensors into the first
+    # the Forge families download CLIP-ViT-bigG.safetensors into the first; a folder a host lacks is left out below
+    folders = [preprocessors, os.path.join(preprocessors, 'clip_vision')]
     cn_setting = getattr(shared.opts, 'data', {}).get('control_net_modules_path')
     if cn_setting:
         folders.append(os.path.join(cn_setting, 'clip_vision'))

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 INFOTEXT_NOTES = 'Omost notes'
 
-_said_once = set()  # console notices printed once per session
-
 
 def note(p, message: str):
     """Something the user must know about this job (a repaired canvas, an ignored statement, regions off for a
@@ -18,8 +16,3 @@ def note(p, message: str):
         print(f'[Omost] {message}')
         p.extra_generation_params[INFOTEXT_NOTES] = '; '.join(notes)
 
-
-def say_once(key: str, message: str):
-    if key not in _said_once:
-        _said_once.add(key)
-        print(f'[Omost] {message}')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from omost_webui.host_tokenizer import host_counter
 from omost_webui.notes import note
 
 
@@ -12,8 +13,7 @@ def _host_prompt(p, job, user_text: str):
     key = clean_user_text(user_text)
     if key not in job.host_prompts:
         if job.counter is None:
-            from omost_webui.host_tokenizer import host_counter
-            job.counter = host_counter(p.sd_model)
+            job.counter = host_counter(job.host.tokenize_line(p.sd_model), f'this model ({type(p.sd_model).__name__})')
         count, chunk_count = job.counter
         job.host_prompts[key] = build_host_prompt(job.canvas, count, preset=job.preset, user_text=user_text,
                                                   user_target=job.options.prompt_target, chunk_count=chunk_count)

@@ -26,6 +26,13 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_SINGLE_DIM = 512  # FlexDiffuse resizes the long side to this before cropping
 TOWER_NAMES = {768: 'ViT-L/14', 1024: 'ViT-H/14', 1280: 'ViT-bigG/14'}
+# Where a missing tower is downloaded from unless the user changed the URL in the settings, and the file it becomes
+DEFAULT_URLS = {
+    768: 'https://huggingface.co/openai/clip-vit-large-patch14/resolve/main/model.safetensors',
+    1280: 'https://huggingface.co/h94/IP-Adapter/resolve/main/sdxl_models/image_encoder/model.safetensors',
+}
+DOWNLOAD_NAMES = {768: 'clip-vit-large-patch14.safetensors', 1024: 'clip-vit-huge-patch14.safetensors',
+                  1280: 'clip-vit-bigG-14.safetensors'}
 # Heads per hidden width of the released towers (head width 64, except bigG's 104); others: width / 64.
 _HEADS = {768: 12, 1024: 16, 1280: 16, 1664: 16}
 

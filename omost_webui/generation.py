@@ -1,20 +1,23 @@
-"""Omost inside a WebUI generation (A1111 1.10 and Forge): what each script hook does.
+"""Omost inside a WebUI generation: what each script hook does. What differs between the WebUIs is behind
+`omost_webui.hosts` (one class per host family); nothing here asks which one it runs in.
 
 Where each step happens, and why (see host-integration.md):
 - `before_process`: under Emphasis "None" the host ignores BREAK, which the bags need; override it for this job
   through `p.override_settings` (the host restores it afterwards).
-- `process`: validate canvas and options, detect host and architecture, drop stale A1111 hooks, write infotext.
+- `process`: validate canvas and options, find the host family and the architecture, release what an earlier job
+  left attached, write infotext.
   The hosts swallow exceptions raised by script hooks, so bad input is refused by making the host's own next
   call (`p.init`) raise our error: the API then answers 422 with the message, the UI shows it in its error box,
   and nothing is generated.
 - `process_batch`: the prompts become the region bags (`p.prompts`, `p.hr_prompts`), after the host has parsed
   the user's `<lora:...>` tags and before it encodes; `p.all_prompts` (infotext) stays the user's.
-- `process_before_every_sampling`: attention (Forge: a patched clone of the UnetPatcher, discarded by the host
-  after the pass; A1111: instance hooks armed for this job only) and the sketch start of the first pass.
+- `process_before_every_sampling`: the regions onto the model for this pass (`Host.apply_regions`: a patched clone
+  of the UnetPatcher that the host discards after the pass, or A1111's hooks armed for this job only) and the
+  sketch start of the first pass.
 - `on_cfg_denoiser` (global callback, gated on the running job): step progress, cond/uncond bookkeeping.
-- `on_model_loaded`: between jobs, remove every A1111 hook; inside a job (refiner, hires checkpoint) move the
+- `on_model_loaded`: between jobs, release everything attached; inside a job (refiner, hires checkpoint) move the
   regions onto the new model, or say in the console and the infotext that the rest ran without them.
-- `postprocess`, the next `process`, model load and script unload: remove every A1111 hook.
+- `postprocess`, the next `process`, model load and script unload: release everything attached (`hosts.release_all`).
 """
 
 from __future__ import annotations
@@ -25,15 +28,14 @@ import json
 from lib_omost.canvas import CanvasError, canvas_to_infotext, load_canvas
 from lib_omost.options import parse_options
 from lib_omost.presets import get_preset, load_presets
-from omost_webui.host_tokenizer import find_tokenize_line
+from omost_webui import hosts
+from omost_webui.notes import note
 
 INFOTEXT_ENABLED = 'Omost'
 INFOTEXT_CANVAS = 'Omost canvas'
 INFOTEXT_OPTIONS = 'Omost options'
-INFOTEXT_NOTES = 'Omost notes'
 
 _active = None   # the Job whose sampling is running; global callbacks act only for it
-_said_once = set()  # console notices printed once per session
 
 
 try:  # both hosts' API error handler prints a full traceback for any exception that is not an HTTPException
@@ -62,15 +64,14 @@ class Job:
     p: object
     canvas: object
     options: object
-    forge: bool
+    host: object                 # omost_webui.hosts.Host of the WebUI this job runs in
     arch: str
     preset: object = None        # lib_omost.presets.Preset, resolved (and validated) in process()
     counter: tuple = None        # (count, chunk_count) from the host's tokenizer
     host_prompts: dict = dataclasses.field(default_factory=dict)  # cleaned prompt box text -> HostPrompt
     regional: object = None      # RegionalAttention of the first pass (None: plain attention)
     regional_hr: object = None   # the hires pass's, when its prompts differ
-    hooks: object = None         # A1111RegionalHooks while armed
-    patched_unet: object = None  # Forge: the UnetPatcher we produced for the current pass
+    attached: object = None      # what host.apply_regions attached (A1111's hooks, the pass's patched UnetPatcher)
     current: object = None       # the RegionalAttention fed by on_cfg_denoiser in this pass
     model: object = None         # the sd_model the regions are on (a refiner / hires checkpoint replaces it)
     switched: bool = False       # a checkpoint was loaded during this job
@@ -81,44 +82,16 @@ def _job(p):
     return getattr(p, '_omost_job', None)
 
 
-def note(p, message: str):
-    """Something the user must know about this job (a repaired canvas, an ignored statement, regions off for a
-    batch): one line in the console, and the infotext's 'Omost notes', which the API answers with in `info`."""
-    notes = p.__dict__.setdefault('_omost_notes', [])
-    if message not in notes:
-        notes.append(message)
-        print(f'[Omost] {message}')
-        p.extra_generation_params[INFOTEXT_NOTES] = '; '.join(notes)
-
-
-def _say_once(key: str, message: str):
-    if key not in _said_once:
-        _said_once.add(key)
-        print(f'[Omost] {message}')
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Host and model
 
 
-def is_forge(p) -> bool:
-    return hasattr(p.sd_model, 'forge_objects')
-
-
-def diffusion_model(p):
-    """The UNet module whose attn2 layers the regions act on."""
-    if is_forge(p):
-        return p.sd_model.forge_objects.unet.model.diffusion_model
-    return p.sd_model.model.diffusion_model
-
-
-def detect_arch(p) -> str | None:
+def detect_arch(host, model) -> str | None:
     """'sd1' / 'sd2' / 'sdxl', or None for a model Omost cannot steer (no cross-attention: Flux, SD3, ...)."""
-    model = p.sd_model
-    if getattr(model, 'is_sd3', False) or getattr(model, 'is_flux', False):
+    if host is None or getattr(model, 'is_sd3', False) or getattr(model, 'is_flux', False):
         return None
     try:
-        has_attn2 = any(name.endswith('attn2') for name, _ in diffusion_model(p).named_modules())
+        has_attn2 = any(name.endswith('attn2') for name, _ in host.diffusion_model(model).named_modules())
     except AttributeError:
         has_attn2 = False
     if not has_attn2:
@@ -128,6 +101,18 @@ def detect_arch(p) -> str | None:
     if getattr(model, 'is_sd2', False):
         return 'sd2'
     return 'sd1'
+
+
+def unsupported_reason(host, model) -> str | None:
+    """Why Omost cannot put regions on `model` in this WebUI, or None when it can."""
+    if host is None:
+        return (f'this WebUI\'s model ({type(model).__name__}) is of a kind the extension does not know (none of '
+                f'{", ".join(f.__name__ for f in hosts.FAMILIES)} matches it)')
+    if detect_arch(host, model) is None:
+        return 'this model has no cross-attention layers (Flux, SD3, ...)'
+    if host.tokenize_line(model) is None:
+        return 'this model has no CLIP text encoder the extension knows'
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -208,17 +193,17 @@ def process(p, enabled, canvas_value, options_value, guidance_value=None, guide_
         refuse(p, OmostInputError('Omost needs BREAK, which Emphasis "None" turns off; choose another Emphasis '
                                   'in Settings > Stable Diffusion.'))
         return
-    arch = detect_arch(p)
-    if arch is None or find_tokenize_line(p.sd_model) is None:
-        message = ('this model has no cross-attention layers (Flux, SD3, ...)' if arch is None else
-                   'this model has no CLIP text encoder the extension knows') + '; Omost is skipped for it.'
-        _say_once(message, message)
+    host = hosts.host_for(p.sd_model)
+    reason = unsupported_reason(host, p.sd_model)
+    if reason is not None:  # never a silent plain image: the console, the job's info and its infotext say so
+        message = f'Omost is skipped: {reason}.'
+        note(p, message)
         if hasattr(p, 'comment'):
-            p.comment('Omost: ' + message)
+            p.comment(message)
         return
     for w in warnings:  # repairs of the LLM's code: worth a note, not an error
         note(p, f'canvas: {w}')
-    job = Job(p=p, canvas=canvas, options=options, forge=is_forge(p), arch=arch, preset=preset)
+    job = Job(p=p, canvas=canvas, options=options, host=host, arch=detect_arch(host, p.sd_model), preset=preset)
     from omost_webui.prompt_rewrite import check
     try:
         check(p, job)
@@ -312,38 +297,13 @@ def process_before_every_sampling(p, x, c=None):
         regional.set_latent_size(int(x.shape[-2]), int(x.shape[-1]))
         regional.set_image_size(int(x.shape[-2]), int(x.shape[-1]))  # the whole image: other sizes are tiles
         regional.notify = lambda message: note(p, message)
-        if job.forge:
-            _patch_forge(p, job, regional)
-        else:
-            _hook_a1111(p, job, regional)
-    elif not job.forge:
-        _unhook_a1111(job)
+        job.host.apply_regions(p, job, regional)
+    else:
+        job.host.remove_regions(job)
     if not hr and job.options.sketch and getattr(p, 'firstpass_image', None) is None \
             and getattr(p, 'init_images', None) is None:
         from omost_webui import sketch_start
         sketch_start.seed_first_pass(p, job.canvas, job.options, x)
-
-
-def _patch_forge(p, job, regional):
-    unet = p.sd_model.forge_objects.unet
-    if unet is job.patched_unet:  # already ours for this pass (the hook may run more than once)
-        return
-    from omost_webui.forge import patch_unet
-    job.patched_unet = patch_unet(unet, regional)
-    p.sd_model.forge_objects.unet = job.patched_unet
-
-
-def _hook_a1111(p, job, regional):
-    from omost_webui.a1111 import A1111RegionalHooks
-    _unhook_a1111(job)
-    job.hooks = A1111RegionalHooks(regional)
-    job.hooks.install(p.sd_model.model.diffusion_model)
-
-
-def _unhook_a1111(job):
-    if job.hooks is not None:
-        job.hooks.remove()
-        job.hooks = None
 
 
 def on_cfg_denoiser(params):
@@ -357,8 +317,7 @@ def on_cfg_denoiser(params):
     if job.current is None or not _follow_model(job):
         return
     job.current.set_progress(denoiser_progress(params))
-    if job.hooks is not None:
-        job.hooks.on_cfg_denoiser(params)
+    job.host.on_cfg_denoiser(job, params)
     if job.check_length:
         _check_switched_cond(job, params)
 
@@ -368,17 +327,17 @@ def on_cfg_denoiser(params):
 
 
 def on_model_loaded(sd_model):
-    """`on_model_loaded`. Between jobs: remove every hook. Inside a running job (both hosts load the refiner in
-    the middle of a sampling pass, `sd_samplers_common.apply_refiner`, and a hires checkpoint between the passes):
-    the old model's hooks go, the job stays active, and its regions move onto the new model at the next denoiser
-    step (`_follow_model`) or the next pass (`process_before_every_sampling`)."""
+    """`on_model_loaded`. Between jobs: release everything attached. Inside a running job (the hosts load the
+    refiner in the middle of a sampling pass, `sd_samplers_common.apply_refiner`, and a hires checkpoint between the
+    passes): what was attached to the old model goes, the job stays active, and its regions move onto the new model
+    at the next denoiser step (`_follow_model`) or the next pass (`process_before_every_sampling`)."""
     job = _active
     if job is None:
         cleanup()
         return
-    _unhook_a1111(job)
-    _remove_all_a1111()
-    job.model = job.patched_unet = None
+    job.host.remove_regions(job)
+    hosts.release_all()
+    job.model = None
     job.switched = True
 
 
@@ -391,21 +350,18 @@ def _follow_model(job) -> bool:
     """Put the regions on the model that samples now, when it is not the one they were put on (the refiner
     switch happened in this denoiser call); False when the new model cannot take them."""
     p = job.p
-    model = p.sd_model  # both hosts: `shared.sd_model`, which the denoiser runs after update_inner_model()
+    model = p.sd_model  # every host: `shared.sd_model`, which the denoiser runs after update_inner_model()
     if job.model is model:
         return True
     job.model = model
     title = _model_title(model)
-    if detect_arch(p) is None or find_tokenize_line(model) is None:
+    if unsupported_reason(job.host, model) is not None:
         note(p, f'switched to {title}, which has no cross-attention / CLIP text encoder Omost knows: the rest '
                 'of the job ran without regions')
         job.current = None
         return False
     job.current.clear_plans()  # new plans for the new model's layers
-    if job.forge:
-        _patch_forge(p, job, job.current)
-    else:
-        _hook_a1111(p, job, job.current)
+    job.host.apply_regions(p, job, job.current)
     job.check_length = True
     note(p, f'regions continued on {title}')
     return True
@@ -413,9 +369,8 @@ def _follow_model(job) -> bool:
 
 def _check_switched_cond(job, params):
     """The new model re-encoded the bags (p.setup_conds); a different token count means the map no longer fits."""
-    from omost_webui.a1111 import cond_token_count
     job.check_length = False
-    length = cond_token_count(params.text_cond)
+    length = job.host.cond_token_count(params.text_cond)
     if length != job.current.cond_length:
         note(job.p, f'switched to {_model_title(job.model)}, whose cond has {length} tokens where the regions '
                     f'expect {job.current.cond_length}: the rest of the job ran without regions')
@@ -451,15 +406,7 @@ def cleanup():
     job, _active = _active, None
     if job is not None:
         job.current = None
-        _unhook_a1111(job)
+        job.host.remove_regions(job)
         for regional in {id(r): r for r in (job.regional, job.regional_hr) if r is not None}.values():
             regional.clear_plans()  # the job is over: its masks and plans are not needed again
-    _remove_all_a1111()
-
-
-def _remove_all_a1111():
-    try:
-        from omost_webui import a1111
-    except ImportError:  # Forge without ldm: nothing of ours can be hooked there
-        return
-    a1111.remove_all()
+    hosts.release_all()

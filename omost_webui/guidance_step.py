@@ -24,16 +24,11 @@ from lib_omost import guidance as core
 from lib_omost import vision
 from lib_omost.guides import check_targets, infotext, parse_guides
 from lib_omost.prompts import CHUNK_TOKENS
+from lib_omost.vision import DEFAULT_URLS, DOWNLOAD_NAMES
 
 INFOTEXT_GUIDANCE = 'Omost guidance'
 INFOTEXT_TOWERS = 'Omost guidance towers'
 HALVES = {'sd1': ((0, 768),), 'sd2': ((0, 1024),), 'sdxl': ((0, 768), (768, 2048))}
-DEFAULT_URLS = {
-    768: 'https://huggingface.co/openai/clip-vit-large-patch14/resolve/main/model.safetensors',
-    1280: 'https://huggingface.co/h94/IP-Adapter/resolve/main/sdxl_models/image_encoder/model.safetensors',
-}
-DOWNLOAD_NAMES = {768: 'clip-vit-large-patch14.safetensors', 1024: 'clip-vit-huge-patch14.safetensors',
-                  1280: 'clip-vit-bigG-14.safetensors'}
 
 _replaced = []        # (schedules list, index, original entry) of the running job
 _token_cache = {}     # (tower path, mtime, image hash) -> image tokens
@@ -66,9 +61,10 @@ def search_folders() -> list:
     import glob
     from modules import paths, shared
     models = paths.models_path
-    forge = getattr(shared.cmd_opts, 'controlnet_preprocessor_models_dir', None) \
+    preprocessors = getattr(shared.cmd_opts, 'controlnet_preprocessor_models_dir', None) \
         or os.path.join(models, 'ControlNetPreprocessor')
-    folders = [forge, os.path.join(forge, 'clip_vision')]  # Forge downloads CLIP-ViT-bigG.safetensors into the first
+    # the Forge families download CLIP-ViT-bigG.safetensors into the first; a folder a host lacks is left out below
+    folders = [preprocessors, os.path.join(preprocessors, 'clip_vision')]
     cn_setting = getattr(shared.opts, 'data', {}).get('control_net_modules_path')
     if cn_setting:
         folders.append(os.path.join(cn_setting, 'clip_vision'))

@@ -1,11 +1,14 @@
 """Counting tokens with the host's own tokenizer, so the bags match what the host will encode.
 
-Both hosts expose `tokenize_line(line) -> (chunks, token_count)` on their CLIP(-L) text engine; it parses the
+Every host exposes `tokenize_line(line) -> (chunks, token_count)` on its CLIP(-L) text engine; it parses the
 prompt syntax (emphasis, escapes, BREAK), replaces textual-inversion names and follows the host's settings, so
-its counts are the host's counts. The text given to it is host prompt syntax (the escaped bags).
+its counts are the host's counts. The text given to it is host prompt syntax (the escaped bags). Which object has
+it is the host family's business (`Host.tokenize_line`), found with one of:
 
-- Forge: `sd_model.text_processing_engine_l` (SDXL, Flux) or `sd_model.text_processing_engine` (SD1.5).
-- A1111: `sd_model.conditioner.embedders[0]` (SDXL, CLIP-L) or `sd_model.cond_stage_model` (SD1.x).
+- `engine_tokenize_line`: Forge's `backend` (Forge, Neo): `sd_model.text_processing_engine_l` (SDXL, Flux) or
+  `sd_model.text_processing_engine` (SD1.5).
+- `clip_tokenize_line`: A1111's text encoders (modules/sd_hijack_clip.py, also in Forge Classic and reForge):
+  `sd_model.conditioner.embedders[0]` (SDXL, CLIP-L) or `sd_model.cond_stage_model` (SD1.x).
 
 Note: with Settings > Emphasis = "None" the hosts skip the prompt parser entirely: backslash escapes and BREAK are
 then read as text, so the caller must switch emphasis to "Original" for the generation (host-integration §2.6).
@@ -16,17 +19,20 @@ from __future__ import annotations
 import functools
 
 
-def find_tokenize_line(sd_model):
-    """The host's `tokenize_line` for this model, or None when the model has no CLIP text engine we know."""
-    for name in ('text_processing_engine_l', 'text_processing_engine'):  # Forge
+def engine_tokenize_line(sd_model):
+    for name in ('text_processing_engine_l', 'text_processing_engine'):
         engine = getattr(sd_model, name, None)
         if engine is not None and hasattr(engine, 'tokenize_line'):
             return engine.tokenize_line
-    conditioner = getattr(sd_model, 'conditioner', None)  # A1111 SDXL
+    return None
+
+
+def clip_tokenize_line(sd_model):
+    conditioner = getattr(sd_model, 'conditioner', None)  # SDXL
     embedders = getattr(conditioner, 'embedders', None)
     if embedders and hasattr(embedders[0], 'tokenize_line'):
         return embedders[0].tokenize_line
-    model = getattr(sd_model, 'cond_stage_model', None)  # A1111 SD1.x
+    model = getattr(sd_model, 'cond_stage_model', None)  # SD1.x
     if model is not None and hasattr(model, 'tokenize_line'):
         return model.tokenize_line
     return None
@@ -49,25 +55,10 @@ class HostTokenizer:
         return len(chunks)
 
 
-def host_counter(sd_model):
-    """(count, chunk_count) for lib_omost.prompts.build_host_prompt; raises RuntimeError for unknown models."""
-    tokenize_line = find_tokenize_line(sd_model)
+def host_counter(tokenize_line, model_name: str = 'this model'):
+    """(count, chunk_count) for lib_omost.prompts.build_host_prompt; RuntimeError when there is no tokenize_line."""
     if tokenize_line is None:
-        raise RuntimeError(f'Omost: this model ({type(sd_model).__name__}) has no CLIP text encoder that the '
-                           f'extension knows how to count tokens for')
-    _refresh_forge_emphasis(getattr(tokenize_line, '__self__', None))
+        raise RuntimeError(f'Omost: {model_name} has no CLIP text encoder that the extension knows how to count '
+                           f'tokens for')
     tokenizer = HostTokenizer(tokenize_line)
     return tokenizer.count, tokenizer.chunks
-
-
-def _refresh_forge_emphasis(engine):
-    """Forge's `tokenize_line` parses with the emphasis mode of the engine's last encode (set in `__call__`), not
-    the current setting: set it as the coming encode will, so BREAK and escapes count as they will be encoded."""
-    if engine is None or not hasattr(engine, 'emphasis'):
-        return
-    try:
-        from backend.text_processing import emphasis
-        from modules.shared import opts
-    except ImportError:  # A1111: its tokenize_line reads the setting itself
-        return
-    engine.emphasis = emphasis.get_current_option(opts.emphasis)()

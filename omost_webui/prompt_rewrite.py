@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from omost_webui.host_tokenizer import host_counter
+from omost_webui.notes import note
+
 
 def _host_prompt(p, job, user_text: str):
     """The bags for one prompt, built once per job: `check` builds them in `process`, `rewrite` reuses them
@@ -10,8 +13,7 @@ def _host_prompt(p, job, user_text: str):
     key = clean_user_text(user_text)
     if key not in job.host_prompts:
         if job.counter is None:
-            from omost_webui.host_tokenizer import host_counter
-            job.counter = host_counter(p.sd_model)
+            job.counter = host_counter(job.host.tokenize_line(p.sd_model), f'this model ({type(p.sd_model).__name__})')
         count, chunk_count = job.counter
         job.host_prompts[key] = build_host_prompt(job.canvas, count, preset=job.preset, user_text=user_text,
                                                   user_target=job.options.prompt_target, chunk_count=chunk_count)
@@ -37,7 +39,6 @@ def rewrite(p, job, prompts: list):
     """
     built = [_host_prompt(p, job, user_text) for user_text in prompts]
     prompts[:] = [hp.text for hp in built]  # all rows or none: an exception above leaves the batch as it was
-    from omost_webui.generation import note
     for w in dict.fromkeys(w for hp in built for w in hp.warnings):
         note(p, w)  # once per generation, not per batch
     layouts = [([r.rect for r in hp.regions], list(hp.token_region)) for hp in built]

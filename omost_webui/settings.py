@@ -232,7 +232,7 @@ def _options():
 
 
 def _vision_url(width: int) -> str:
-    from omost_webui.guidance_step import DEFAULT_URLS
+    from lib_omost.vision import DEFAULT_URLS
     return DEFAULT_URLS[width]
 
 

@@ -1,7 +1,9 @@
-"""Omost in the WebUI (A1111 1.10 and Forge): an always-on script with its accordion in txt2img and img2img.
+"""Omost in the WebUI (A1111 1.10, Forge, Forge Neo, Forge Classic, reForge): an always-on script with its accordion
+in txt2img and img2img.
 
-Thin wiring only: the UI is `omost_webui.ui`, the generation hooks are `omost_webui.generation`.
-No `ldm`, `sgm` or `backend` import here: Forge has no ldm, A1111 has no backend.
+Thin wiring only: the UI is `omost_webui.ui`, the generation hooks are `omost_webui.generation`, what differs
+between the WebUIs is `omost_webui.hosts`. No `ldm`, `sgm`, `backend` or `ldm_patched` import here: each WebUI
+lacks some of them.
 """
 
 import os

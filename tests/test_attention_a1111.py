@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lib_omost.attention import RegionalAttention
-from omost_webui import a1111
+from omost_webui.hosts import a1111
 from tests.attention_helpers import A1111_LATENT as LATENT
 from tests.attention_helpers import A1111_RECTS as RECTS
 from tests.attention_helpers import (

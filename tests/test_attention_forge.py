@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from lib_omost.attention import RegionalAttention
-from omost_webui.forge import RegionalAttn2Patch, patch_unet
+from omost_webui.hosts.patcher import RegionalAttn2Patch, patch_unet
 from tests.attention_helpers import FORGE_LATENT as LATENT
 from tests.attention_helpers import FORGE_RECTS as RECTS
 from tests.attention_helpers import (
@@ -169,3 +169,30 @@ def test_patching_twice_does_not_stack():
     _, options = patched_options(regional, once)
     patch = options['patches_replace']['attn2'][('input', 1, 0)]
     assert isinstance(patch, RegionalAttn2Patch) and patch.previous is None
+
+
+def test_the_wrapped_patch_still_moves_with_the_model():
+    """The hosts call `to(device)` and `models()` on every attn2 patch that has them (model_patches_to /
+    model_patches_models in backend/patcher/base.py and ldm_patched/modules/model_patcher.py): a patch that Omost
+    wraps gets both, and the host's dict entry stays Omost's patch."""
+
+    class Movable:
+        def __init__(self):
+            self.moved_to = None
+
+        def to(self, device):
+            self.moved_to = device
+            return self
+
+        def models(self):
+            return ['ip-adapter model']
+
+    source = FakeUnetPatcher()
+    theirs = Movable()
+    source.model_options['transformer_options'] = {'patches_replace': {'attn2': {('input', 1, 0): theirs}}}
+    ours = patch_unet(source, RegionalAttention(RECTS, TOKENS, None))
+    attn2 = ours.model_options['transformer_options']['patches_replace']['attn2']
+    patch = attn2[('input', 1, 0)]
+    assert patch.to('meta') is patch and patch.previous.moved_to == 'meta'
+    assert patch.models() == ['ip-adapter model'] and attn2[('input', 2, 0)].models() == []
+    assert attn2[('input', 2, 0)].to('meta') is attn2[('input', 2, 0)]

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from lib_omost.attention import RegionalAttention
-from omost_webui import forge
-from omost_webui.forge import patch_unet
+from omost_webui.hosts import patcher as forge
+from omost_webui.hosts.patcher import patch_unet
 from tests.attention_helpers import FORGE_LATENT as LATENT
 from tests.attention_helpers import FORGE_RECTS as RECTS
 from tests.attention_helpers import (

@@ -8,7 +8,7 @@ import prompts_helpers as ref
 from conftest import read_fixture
 from lib_omost.canvas import load_canvas
 from lib_omost.prompts import CHUNK_TOKENS, build_host_prompt, defuse_trailing_weight, escape, offline_counter
-from omost_webui.host_tokenizer import HostTokenizer, find_tokenize_line, host_counter
+from omost_webui.host_tokenizer import HostTokenizer, clip_tokenize_line, engine_tokenize_line, host_counter
 
 NASTY = r'masterpiece (cat:1.2) AND [dog|fox] BREAK <lora:x:1> a\b [a:b:5] (x) ratio 16:9'
 
@@ -104,15 +104,16 @@ def test_host_tokenizer_finds_each_hosts_engine_and_counts():
     a1111_xl = types.SimpleNamespace(conditioner=types.SimpleNamespace(embedders=[engine(), object()]),
                                      cond_stage_model=object())
     a1111_15 = types.SimpleNamespace(cond_stage_model=engine())
-    assert find_tokenize_line(forge_xl) is forge_xl.text_processing_engine_l.tokenize_line
-    assert find_tokenize_line(forge_15) is forge_15.text_processing_engine.tokenize_line
-    assert find_tokenize_line(a1111_xl) is a1111_xl.conditioner.embedders[0].tokenize_line
-    assert find_tokenize_line(a1111_15) is a1111_15.cond_stage_model.tokenize_line
-    assert find_tokenize_line(types.SimpleNamespace()) is None
+    assert engine_tokenize_line(forge_xl) is forge_xl.text_processing_engine_l.tokenize_line
+    assert engine_tokenize_line(forge_15) is forge_15.text_processing_engine.tokenize_line
+    assert clip_tokenize_line(a1111_xl) is a1111_xl.conditioner.embedders[0].tokenize_line
+    assert clip_tokenize_line(a1111_15) is a1111_15.cond_stage_model.tokenize_line
+    assert engine_tokenize_line(a1111_15) is None and clip_tokenize_line(forge_15) is None
+    assert engine_tokenize_line(types.SimpleNamespace()) is None and clip_tokenize_line(types.SimpleNamespace()) is None
     with pytest.raises(RuntimeError, match='no CLIP text encoder'):
-        host_counter(types.SimpleNamespace())
+        host_counter(None)
 
-    count, chunks = host_counter(a1111_15)
+    count, chunks = host_counter(clip_tokenize_line(a1111_15))
     assert count(escape(NASTY)) == ref.n_tokens(NASTY) and chunks(escape(NASTY)) == 1
     assert chunks('a BREAK b') == 2 and HostTokenizer(ref.tokenize_line).chunks(' '.join(['cat'] * 80)) == 2
     canvas = load_canvas(read_fixture('dragon_battle.canvas.py')).canvas

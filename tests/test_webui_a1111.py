@@ -264,10 +264,12 @@ def test_model_without_cross_attention_is_left_alone(rig, baseline):
     p.setup_prompts()
     from omost_webui import generation
     generation.process(p, True, SMALL, '')
-    # neither a job, nor a close/init wrapper (refusal), nor infotext: only the comment says why
+    # neither a job, nor a close/init wrapper (refusal), nor the canvas in the infotext: the job's info (comment)
+    # and the infotext's notes say why
     assert not hasattr(p, '_omost_job') and 'close' not in vars(p) and 'init' not in vars(p)
-    assert 'Omost' not in p.extra_generation_params
+    assert 'Omost' not in p.extra_generation_params and 'Omost canvas' not in p.extra_generation_params
     assert any('no cross-attention' in c for c in p.comments)
+    assert p.extra_generation_params['Omost notes'].startswith('Omost is skipped: this model has no cross-attention')
 
 
 def test_tag_preset_reaches_the_bags(rig):

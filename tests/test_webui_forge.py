@@ -1,6 +1,10 @@
-"""The Forge path through the script's own hooks: forge_objects rebuilt before every sampling pass, a UnetPatcher
-whose clone() deep-copies model_options, attn2 replace patches dispatched as Forge's transformer block does
-(tests/webui_helpers.py), [uncond, cond] batching with LCM tiling (tests/webui_stubs/modules/sd_samplers.py)."""
+"""The UnetPatcher hosts through the script's own hooks, each test once per host as its family stub has it:
+- 'forge': Forge's `backend`, a UnetPatcher whose clone() deep-copies model_options;
+- 'neo': Forge Neo's `backend`, whose clone() copies dicts and lists only (patch objects shared between clones);
+- 'forge-classic': Forge Classic's / reForge's `ldm_patched` (modules_forge/unet_patcher.py, A1111's text encoder,
+  ldm_patched's optimized_attention, rows labelled by cond_or_uncond only).
+forge_objects rebuilt before every sampling pass, attn2 replace patches dispatched as the hosts' transformer block
+does (tests/webui_helpers.py), [uncond, cond] batching with LCM tiling (tests/webui_stubs/modules/sd_samplers.py)."""
 
 import json
 import sys
@@ -10,24 +14,50 @@ import torch
 import torch.nn.functional as F
 
 from lib_omost.canvas import load_canvas
-from webui_helpers import (DRAGON, ForgeModel, ForgeTinyUNet, NoCrossAttentionUNet, Rig, check_refiner_switch,
-                           check_step_window, images_equal, omost)
+from webui_helpers import (DRAGON, ForgeClassicModel, ForgeModel, ForgeTinyUNet, NoCrossAttentionUNet, Rig,
+                           check_refiner_switch, check_step_window, images_equal, omost)
+
+FAMILY_OF = {'forge': 'forge', 'neo': 'forge', 'forge-classic': 'forge-classic'}
+
+
+def model_of(host, unet=None, seed=0):
+    """The host's SD1.5 model around `unet` (default: the tiny UNet running that host's attention)."""
+    unet = unet if unet is not None else ForgeTinyUNet(seed=seed, family=FAMILY_OF[host])
+    if host == 'forge-classic':
+        return ForgeClassicModel(unet)
+    return ForgeModel(unet, neo=host == 'neo')
+
+
+def host_attention_calls(host):
+    """The call log of the host's own attention function (tests/webui_stubs)."""
+    if FAMILY_OF[host] == 'forge-classic':
+        from ldm_patched.ldm.modules import attention
+        return attention.calls
+    from backend import attention
+    return attention.calls
+
+
+@pytest.fixture(scope='module', params=list(FAMILY_OF))
+def host(request):
+    return request.param
 
 
 @pytest.fixture(scope='module')
-def rig():
-    return Rig(ForgeModel(ForgeTinyUNet()))
+def rig(host):
+    return Rig(model_of(host))
 
 
 @pytest.fixture(autouse=True)
 def host_state(rig):
     from modules import errors, shared
+    base = rig.model.forge_objects_original.unet
+    options, replace = dict(base.model_options['transformer_options']), base.model_options['transformer_options']
     errors.reported.clear()
     yield
     shared.state.interrupted = False
     # Nothing of ours outlives a generation: the patcher the host starts from is never modified.
-    base = rig.model.forge_objects_original.unet
     assert rig.model.forge_objects_after_applying_lora.unet is base
+    assert base.model_options['transformer_options'] is replace and replace == options
     assert 'patches_replace' not in base.model_options['transformer_options']
 
 
@@ -127,30 +157,36 @@ def test_step_window_follows_the_denoiser_through_clones(rig):
     check_step_window(rig)
 
 
-def test_refiner_switch_inside_the_pass_keeps_the_regions(rig):
-    check_refiner_switch(rig, ForgeModel(ForgeTinyUNet(seed=3)), ForgeModel(NoCrossAttentionUNet()))
+def test_refiner_switch_inside_the_pass_keeps_the_regions(rig, host):
+    check_refiner_switch(rig, model_of(host, seed=3), model_of(host, NoCrossAttentionUNet()))
 
 
-def test_rows_and_steps_without_regions_run_forges_attention_function(rig):
-    """Forge picks its attention (xformers / SDPA / split / sub-quad) in backend/attention.py; whatever is not
-    regional goes through it: every row of the first step (window 0.5-1), the uncond row of the second."""
-    from backend import attention
-    attention.calls.clear()
+def test_rows_and_steps_without_regions_run_the_hosts_attention_function(rig, host):
+    """Each host picks its attention (xformers / SDPA / split / sub-quad) once: backend/attention.py
+    attention_function (Forge, Neo), ldm_patched/ldm/modules/attention.py optimized_attention (Classic, reForge);
+    whatever is not regional goes through it: every row of the first step (window 0.5-1), the uncond row of the
+    second. The other family's function is never called."""
+    calls, other = host_attention_calls(host), host_attention_calls('forge-classic' if host != 'forge-classic'
+                                                                    else 'forge')
+    calls.clear()
+    other.clear()
     rig.generate(omost(start=0.5), steps=2)
     # one joint [uncond, cond] call per step (lengths 77 and 231 tile to 231), 3 attn2 layers per call
-    assert [rows for rows, _, _ in attention.calls] == [2, 2, 2, 1, 1, 1]
+    assert [rows for rows, _, _ in calls] == [2, 2, 2, 1, 1, 1]
+    assert other == []
 
 
-def test_model_without_attn2_is_left_alone(rig):
+def test_model_without_attn2_is_left_alone(rig, host):
     from torch import nn
 
     class FluxLike(nn.Module):
         def forward(self, x, timesteps, context, transformer_options):
             return x * 0.5
 
-    flux = Rig(ForgeModel(FluxLike()))
+    flux = Rig(model_of(host, FluxLike()))
     p, res = flux.generate(omost())
-    assert 'Omost' not in res.infotexts[0] and any('no cross-attention' in c for c in p.comments)
+    assert 'Omost canvas' not in res.infotexts[0] and any('no cross-attention' in c for c in p.comments)
+    assert 'Omost notes: "Omost is skipped: this model has no cross-attention' in res.infotexts[0]
     assert all(s['patched'] == 0 and ' BREAK ' not in s['prompt'] for s in Rig.steps)
     assert torch.isfinite(res.images[0]).all()
 
@@ -161,6 +197,7 @@ def test_forge_counting_uses_the_current_emphasis_setting(monkeypatch):
     import types
     from modules import shared
     from omost_webui.host_tokenizer import host_counter
+    from omost_webui.hosts import ForgeHost
 
     class Mode:
         def __init__(self, name):
@@ -183,5 +220,5 @@ def test_forge_counting_uses_the_current_emphasis_setting(monkeypatch):
 
     model = types.SimpleNamespace(text_processing_engine=Engine())
     monkeypatch.setitem(shared.opts.data, 'emphasis', 'Original')
-    count, chunks = host_counter(model)
+    count, chunks = host_counter(ForgeHost().tokenize_line(model))
     assert model.text_processing_engine.emphasis.name == 'Original' and chunks('a BREAK b') == 2

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lib_omost import attention
-from omost_webui import a1111
+from omost_webui.hosts import a1111
 from webui_helpers import A1111Model, ForgeModel, ForgeTinyUNet, Rig, omost, tiny_ldm_unet
 
 
@@ -76,7 +76,7 @@ def a1111_recorder(a1111_rig, monkeypatch):
 @pytest.fixture
 def forge_recorder(forge_rig, monkeypatch):
     """Every attn2 patch call counts as "no regional rows" unless it hands rows to RegionalAttention.regional."""
-    from omost_webui import forge
+    from omost_webui.hosts import patcher as forge
     rec = Recorder()
     unet = forge_rig.model.kmodel.diffusion_model
     handle = unet.register_forward_pre_hook(lambda m, args: rec.unet_call(args[2]))

@@ -140,7 +140,7 @@ def test_install_only_adds_what_is_missing_and_never_the_pinned_packages(monkeyp
 def test_model_load_and_script_unload_remove_stale_hooks(script_module):
     from lib_omost.attention import RegionalAttention
     from modules import script_callbacks
-    from omost_webui.a1111 import A1111RegionalHooks
+    from omost_webui.hosts.a1111 import A1111RegionalHooks
     unet = tiny_ldm_unet()
     for fire in (lambda: script_callbacks.model_loaded_callback(A1111Model(unet)),
                  script_callbacks.script_unloaded_callback):

@@ -1,19 +1,25 @@
-"""SDXL end to end through both hosts' script hooks: dict conds ({'crossattn', 'vector'}) in the denoiser and the
-callbacks, the SDXL tokenizers (A1111 conditioner.embedders[0], Forge text_processing_engine_l), no attention at
-the first level, and Forge's SDXL attn2 keys with block indices 0-9."""
+"""SDXL end to end through the script hooks of each host family's stub (A1111; Forge and Neo; Forge Classic /
+reForge): dict conds ({'crossattn', 'vector'}) in the denoiser and the callbacks, the SDXL tokenizers (A1111's and
+Classic's conditioner.embedders[0], Forge's and Neo's text_processing_engine_l), no attention at the first level,
+and the UnetPatcher hosts' SDXL attn2 keys with block indices 0-9."""
 
 import pytest
 
-from omost_webui import forge
-from webui_helpers import (DRAGON, A1111SDXLModel, ForgeSDXLModel, ForgeTinySDXLUNet, Rig, check_step_window,
-                           forward_attributes, images_equal, omost, tiny_sdxl_ldm_unet)
+from omost_webui.hosts import patcher as forge
+from webui_helpers import (DRAGON, A1111SDXLModel, ForgeClassicSDXLModel, ForgeSDXLModel, ForgeTinySDXLUNet, Rig,
+                           check_step_window, forward_attributes, images_equal, omost, tiny_sdxl_ldm_unet)
+
+MODELS = {
+    'a1111': lambda: A1111SDXLModel(tiny_sdxl_ldm_unet()),
+    'forge': lambda: ForgeSDXLModel(ForgeTinySDXLUNet()),
+    'neo': lambda: ForgeSDXLModel(ForgeTinySDXLUNet(), neo=True),
+    'forge-classic': lambda: ForgeClassicSDXLModel(ForgeTinySDXLUNet(family='forge-classic')),
+}
 
 
-@pytest.fixture(scope='module', params=['a1111', 'forge'])
+@pytest.fixture(scope='module', params=list(MODELS))
 def rig(request):
-    if request.param == 'a1111':
-        return Rig(A1111SDXLModel(tiny_sdxl_ldm_unet()))
-    return Rig(ForgeSDXLModel(ForgeTinySDXLUNet()))
+    return Rig(MODELS[request.param]())
 
 
 def test_sdxl_regions_steer_and_leave_no_trace(rig):
@@ -33,9 +39,11 @@ def test_sdxl_step_window(rig):
     check_step_window(rig)
 
 
-def test_forge_sdxl_every_block_index_is_patched(monkeypatch):
-    """Every (block, id, block_index) Forge's SDXL UNet looks up, indices 0-9 included, runs the regions."""
-    rig = Rig(ForgeSDXLModel(ForgeTinySDXLUNet()))
+@pytest.mark.parametrize('host', ['forge', 'forge-classic'])
+def test_forge_sdxl_every_block_index_is_patched(monkeypatch, host):
+    """Every (block, id, block_index) the SDXL UNet of the UnetPatcher hosts looks up, indices 0-9 included, runs the
+    regions."""
+    rig = Rig(MODELS[host]())
     seen = set()
     call = forge.RegionalAttn2Patch.__call__
 

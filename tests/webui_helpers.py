@@ -3,9 +3,12 @@
 - A1111: the real ldm UNetModel (stable-diffusion-sdkit, byte-identical attention to A1111's pinned ldm) under
   `sd_model.model.diffusion_model`, a text encoder whose `tokenize_line` follows A1111's chunking (real CLIP BPE,
   BREAK, escapes, emphasis, comma backtrack, Emphasis "None" skipping the parser), a fake VAE.
-- Forge: a UnetPatcher / forge_objects pair and a small UNet whose transformer blocks run attn2 exactly as
-  Forge's `BasicTransformerBlock._forward` does (attn2_patch list, patches_replace["attn2"] looked up by
-  (block, id, block_index) then (block, id), q/k/v projected before the replace patch, to_out after).
+- Forge and Neo (the `backend` family), Forge Classic and reForge (the `ldm_patched` family): a UnetPatcher /
+  forge_objects pair and a small UNet whose transformer blocks run attn2 exactly as their BasicTransformerBlock
+  does (attn2_patch list, patches_replace["attn2"] looked up by (block, id, block_index) then (block, id), q/k/v
+  projected before the replace patch, to_out after; unpatched attn2 runs the family's own attention function).
+  The UnetPatchers are the family stubs: tests/webui_stubs/backend/patcher (Forge; Neo's clone semantics) and
+  tests/webui_stubs/modules_forge/unet_patcher.py (Classic, reForge).
 The fake `modules` package lives in tests/webui_stubs.
 """
 import copy
@@ -260,6 +263,14 @@ def tiny_sdxl_ldm_unet(seed=0):
     return unet.eval()
 
 
+def _a1111_sdxl_text(model):
+    """A1111's SDXL text side (modules/sd_models_xl.py; Classic's and reForge's forge_loader.py keep it): the
+    tokenizing CLIP-L is `conditioner.embedders[0]`, there is no cond_stage_model."""
+    model.conditioner = nn.Module()
+    model.conditioner.embedders = nn.ModuleList([model.embedder])
+    del model.cond_stage_model
+
+
 class A1111SDXLModel(_SDXLConds, A1111Model):
     """A1111's SDXL model: `conditioner.embedders[0]` tokenizes (FrozenCLIPEmbedderForSDXLWithCustomWords),
     conds are dicts, apply_model passes c['crossattn'] as the UNet's context (sgm OpenAIWrapper)."""
@@ -267,9 +278,7 @@ class A1111SDXLModel(_SDXLConds, A1111Model):
 
     def __init__(self, unet):
         super().__init__(unet)
-        self.conditioner = nn.Module()
-        self.conditioner.embedders = nn.ModuleList([self.embedder])
-        del self.cond_stage_model
+        _a1111_sdxl_text(self)
 
     def apply_model(self, x, t, cond):
         return self.model.diffusion_model(x, t, context=cond['crossattn'])
@@ -283,43 +292,6 @@ class A1111SDXLModel(_SDXLConds, A1111Model):
 # Forge: UnetPatcher, forge_objects and a UNet with Forge's attn2 patch dispatch
 
 
-class UnetPatcher:
-    def __init__(self, model):
-        self.model = model
-        self.model_options = {'transformer_options': {}}
-
-    def clone(self):
-        n = UnetPatcher(self.model)
-        n.model_options = copy.deepcopy(self.model_options)
-        return n
-
-    def set_model_patch_replace(self, patch, name, block_name, number, transformer_index=None):
-        to = self.model_options['transformer_options'].copy()
-        to['patches_replace'] = dict(to.get('patches_replace', {}))
-        to['patches_replace'][name] = dict(to['patches_replace'].get(name, {}))
-        key = (block_name, number, transformer_index) if transformer_index is not None else (block_name, number)
-        to['patches_replace'][name][key] = patch
-        self.model_options['transformer_options'] = to
-
-    def set_model_attn2_replace(self, patch, block_name, number, transformer_index=None):
-        self.set_model_patch_replace(patch, 'attn2', block_name, number, transformer_index)
-
-    def set_model_replace_all(self, patch, target='attn1'):
-        for block_name in ('input', 'middle', 'output'):
-            for number in range(16):
-                for transformer_index in range(16):
-                    self.set_model_patch_replace(patch, target, block_name, number, transformer_index)
-
-    def set_model_patch(self, patch, name):
-        to = self.model_options['transformer_options'].copy()
-        to['patches'] = dict(to.get('patches', {}))
-        to['patches'][name] = to['patches'].get(name, []) + [patch]
-        self.model_options['transformer_options'] = to
-
-    def set_model_attn2_patch(self, patch):
-        self.set_model_patch(patch, 'attn2_patch')
-
-
 class ForgeObjects:
     def __init__(self, unet, clip=None, vae=None, clipvision=None):
         self.unet, self.clip, self.vae, self.clipvision = unet, clip, vae, clipvision
@@ -329,9 +301,9 @@ class ForgeObjects:
 
 
 class ForgeCrossAttention(nn.Module):
-    def __init__(self, dim, context_dim, heads, dim_head):
+    def __init__(self, dim, context_dim, heads, dim_head, family='forge'):
         super().__init__()
-        self.heads, self.dim_head = heads, dim_head
+        self.heads, self.dim_head, self.family = heads, dim_head, family
         inner = heads * dim_head
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_k = nn.Linear(context_dim, inner, bias=False)
@@ -339,6 +311,10 @@ class ForgeCrossAttention(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(0.0))
 
     def attention(self, q, k, v):
+        if self.family == 'forge-classic':
+            # ldm_patched/ldm/modules/attention.py CrossAttention.forward: `optimized_attention(q, k, v, self.heads)`
+            from ldm_patched.ldm.modules import attention
+            return attention.optimized_attention(q, k, v, self.heads)
         # backend/nn/unet.py CrossAttention.forward: `out = attention_function(q, k, v, self.heads, mask)`
         from backend import attention
         return attention.attention_function(q, k, v, self.heads)
@@ -350,11 +326,11 @@ class ForgeCrossAttention(nn.Module):
 
 
 class ForgeTransformerBlock(nn.Module):
-    def __init__(self, dim, heads=2, dim_head=16, context_dim=CONTEXT_DIM):
+    def __init__(self, dim, heads=2, dim_head=16, context_dim=CONTEXT_DIM, family='forge'):
         super().__init__()
         self.n_heads, self.d_head = heads, dim_head
         self.norm2 = nn.LayerNorm(dim)
-        self.attn2 = ForgeCrossAttention(dim, context_dim, heads, dim_head)
+        self.attn2 = ForgeCrossAttention(dim, context_dim, heads, dim_head, family)
 
     def forward(self, x, context, transformer_options):
         extra_options = {k: v for k, v in transformer_options.items() if k not in ('patches', 'patches_replace')}
@@ -380,10 +356,10 @@ class ForgeTransformerBlock(nn.Module):
 
 
 class ForgeSpatialTransformer(nn.Module):
-    def __init__(self, dim, depth=1, context_dim=CONTEXT_DIM):
+    def __init__(self, dim, depth=1, context_dim=CONTEXT_DIM, family='forge'):
         super().__init__()
         self.proj_in = nn.Conv2d(dim, dim, 1)
-        self.transformer_blocks = nn.ModuleList([ForgeTransformerBlock(dim, context_dim=context_dim)
+        self.transformer_blocks = nn.ModuleList([ForgeTransformerBlock(dim, context_dim=context_dim, family=family)
                                                  for _ in range(depth)])
         self.proj_out = nn.Conv2d(dim, dim, 1)
 
@@ -400,15 +376,15 @@ class ForgeTinyUNet(nn.Module):
     """conv -> attention ("input", 1) -> stride-2 down (rounding up) -> attention ("middle", 0) -> up ->
     attention ("output", 1) -> conv; the transformer_options keys Forge's IntegratedUNet sets."""
 
-    def __init__(self, dim=32, seed=0, context_dim=CONTEXT_DIM):
+    def __init__(self, dim=32, seed=0, context_dim=CONTEXT_DIM, family='forge'):
         super().__init__()
         torch.manual_seed(seed)
         self.conv_in = nn.Conv2d(4, dim, 3, padding=1)
         self.time = nn.Linear(1, dim)
-        self.input_attn = ForgeSpatialTransformer(dim, context_dim=context_dim)
+        self.input_attn = ForgeSpatialTransformer(dim, context_dim=context_dim, family=family)
         self.down = nn.Conv2d(dim, dim, 3, stride=2, padding=1)
-        self.middle_attn = ForgeSpatialTransformer(dim, context_dim=context_dim)
-        self.output_attn = ForgeSpatialTransformer(dim, context_dim=context_dim)
+        self.middle_attn = ForgeSpatialTransformer(dim, context_dim=context_dim, family=family)
+        self.output_attn = ForgeSpatialTransformer(dim, context_dim=context_dim, family=family)
         self.conv_out = nn.Conv2d(dim, 4, 3, padding=1)
 
     def forward(self, x, timesteps, context, transformer_options):
@@ -438,14 +414,15 @@ class ForgeTinySDXLUNet(nn.Module):
     LAYOUT = (('input', 4, 2, 1), ('input', 7, 10, 2), ('middle', 0, 10, 2), ('output', 2, 10, 2),
               ('output', 5, 2, 1))  # (block, id, depth, level)
 
-    def __init__(self, dim=32, seed=0):
+    def __init__(self, dim=32, seed=0, family='forge'):
         super().__init__()
         torch.manual_seed(seed)
         self.conv_in = nn.Conv2d(4, dim, 3, padding=1)
         self.time = nn.Linear(1, dim)
         self.down1 = nn.Conv2d(dim, dim, 3, stride=2, padding=1)
         self.down2 = nn.Conv2d(dim, dim, 3, stride=2, padding=1)
-        self.attn = nn.ModuleList([ForgeSpatialTransformer(dim, depth) for _, _, depth, _ in self.LAYOUT])
+        self.attn = nn.ModuleList([ForgeSpatialTransformer(dim, depth, family=family)
+                                   for _, _, depth, _ in self.LAYOUT])
         self.conv_out = nn.Conv2d(dim, 4, 3, padding=1)
 
     def forward(self, x, timesteps, context, transformer_options):
@@ -476,12 +453,16 @@ class KModel(nn.Module):
 
 
 class ForgeModel(_ModelBase):
-    def __init__(self, unet_module, text_dim=CONTEXT_DIM):
+    """Forge's (and, with `neo=True`, Forge Neo's) SD1.5 engine (backend/diffusion_engine/sd15.py): the text engine
+    `text_processing_engine`, forge_objects with a backend/patcher/unet.py UnetPatcher."""
+
+    def __init__(self, unet_module, text_dim=CONTEXT_DIM, neo=False):
+        from backend.patcher.unet import NeoUnetPatcher, UnetPatcher
         super().__init__()
         self.text_processing_engine = FakeClipEmbedder(dim=text_dim)
         self.embedder = self.text_processing_engine
         self.kmodel = KModel(unet_module)
-        self.forge_objects = ForgeObjects(UnetPatcher(self.kmodel), vae=self.vae)
+        self.forge_objects = ForgeObjects((NeoUnetPatcher if neo else UnetPatcher)(self.kmodel), vae=self.vae)
         self.forge_objects_original = self.forge_objects.shallow_copy()
         self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
 
@@ -491,10 +472,37 @@ class ForgeSDXLModel(_SDXLConds, ForgeModel):
     dicts."""
     is_sd1, is_sdxl = False, True
 
-    def __init__(self, unet_module):
-        super().__init__(unet_module)
+    def __init__(self, unet_module, neo=False):
+        super().__init__(unet_module, neo=neo)
         self.text_processing_engine_l = self.embedder
         del self.text_processing_engine
+
+
+class ForgeClassicModel(_ModelBase):
+    """Forge Classic's / reForge's SD1.5 model: A1111's ldm model with `forge_objects` added
+    (modules_forge/forge_loader.py load_model_for_a1111), its unet a modules_forge/unet_patcher.py UnetPatcher, its
+    text encoder A1111's (`cond_stage_model` = forge_clip.CLIP_SD_15_L, modules/sd_hijack_clip.py tokenize_line).
+    Build the UNet with ForgeTinyUNet(family='forge-classic'): unpatched attn2 runs ldm_patched's
+    optimized_attention."""
+
+    def __init__(self, unet_module, text_dim=CONTEXT_DIM):
+        from modules_forge.unet_patcher import UnetPatcher
+        super().__init__()
+        self.cond_stage_model = FakeClipEmbedder(dim=text_dim)
+        self.embedder = self.cond_stage_model
+        self.kmodel = KModel(unet_module)
+        self.forge_objects = ForgeObjects(UnetPatcher(self.kmodel), vae=self.vae)
+        self.forge_objects_original = self.forge_objects.shallow_copy()
+        self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
+
+
+class ForgeClassicSDXLModel(_SDXLConds, ForgeClassicModel):
+    """Classic's / reForge's SDXL: `conditioner.embedders[0]` (forge_clip.CLIP_SD_XL_L) tokenizes, conds are dicts."""
+    is_sd1, is_sdxl = False, True
+
+    def __init__(self, unet_module):
+        super().__init__(unet_module)
+        _a1111_sdxl_text(self)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -204,7 +204,7 @@ def bench_unet_step(repeats, device, dtype, quick):
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     from lib_omost.attention import RegionalAttention
-    from omost_webui import a1111
+    from omost_webui.hosts import a1111
 
     torch.manual_seed(0)
     latent, chunks = (32, 32) if quick else (64, 64), 9

@@ -1,10 +1,12 @@
 """An Euler sampler with each host's CFG denoiser layout (host-integration.md section 3.4):
 - A1111: on_cfg_denoiser, then one UNet call with cond rows first when cond/uncond lengths are equal, otherwise
   a cond call and a separate uncond call; `sd_model.apply_model(x, t, context)`.
-- Forge: on_cfg_denoiser, then `[uncond, cond]` in one call (cond_or_uncond [1, 0]) when the lengths are equal or
-  their LCM is at most 4x the shorter (each context tiled to the LCM), separate calls otherwise; the UnetPatcher
-  read from `p.sd_model.forge_objects.unet` when sampling starts; transformer_options carry cond_or_uncond,
-  cond_indices, uncond_indices, cond_mark and sigmas.
+- Forge (also Neo, Classic, reForge: their samplers are ComfyUI's): on_cfg_denoiser, then `[uncond, cond]` in one
+  call (cond_or_uncond [1, 0]) when the lengths are equal or their LCM is at most 4x the shorter (each context tiled
+  to the LCM), separate calls otherwise; the UnetPatcher
+  read from `p.sd_model.forge_objects.unet` when sampling starts; transformer_options carry cond_or_uncond and
+  sigmas, and in the backend hosts cond_indices, uncond_indices and cond_mark (the stub patcher's
+  `labels_rows_by_index`).
 Interrupts raise InterruptedException in the denoiser; the sampler returns the last latent."""
 import functools
 import math
@@ -186,9 +188,10 @@ class ForgeCFGDenoiser(A1111CFGDenoiser):
         options = dict(unet.model_options.get('transformer_options', {}))
         options['cond_or_uncond'] = list(cond_or_uncond)
         options['sigmas'] = sigma
-        options['cond_mark'] = torch.tensor([c for c in cond_or_uncond for _ in range(b)], dtype=x.dtype)
-        options['cond_indices'] = [i * b + j for i, c in enumerate(cond_or_uncond) if c == 0 for j in range(b)]
-        options['uncond_indices'] = [i * b + j for i, c in enumerate(cond_or_uncond) if c == 1 for j in range(b)]
+        if unet.labels_rows_by_index:  # the backend hosts; ldm_patched's calc_cond_batch sets cond_or_uncond only
+            options['cond_mark'] = torch.tensor([c for c in cond_or_uncond for _ in range(b)], dtype=x.dtype)
+            options['cond_indices'] = [i * b + j for i, c in enumerate(cond_or_uncond) if c == 0 for j in range(b)]
+            options['uncond_indices'] = [i * b + j for i, c in enumerate(cond_or_uncond) if c == 1 for j in range(b)]
         c_in = 1.0 / torch.sqrt(sigma ** 2 + 1.0)
         eps = unet.model.apply_model(x * c_in[:, None, None, None], _timesteps(sigma), context, options)
         return x - eps * sigma[:, None, None, None]

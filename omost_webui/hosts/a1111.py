@@ -1,4 +1,5 @@
-"""A1111 1.10: regional cross-attention through instance-level `attn2.forward` hooks.
+"""AUTOMATIC1111 1.10 (`ldm` / `sgm` models, modules/sd_hijack.py): regional cross-attention through instance-level
+`attn2.forward` hooks. The host family class, `A1111Host`, is at the end.
 
 A1111 installs its attention optimisations as CLASS attributes (`CrossAttention.forward = ...`), so an instance
 attribute on each `attn2` module shadows them and `del module.forward` brings them back. Nothing here touches a
@@ -14,7 +15,7 @@ below n_cond are cond. Cond rows get regional attention, the others the host's o
 sd-webui-controlnet's IP-Adapter shadows the same attn2.forward (see `_ip_adapter_terms`): where it is on, the
 hooks add its image prompt terms to the rows they compute, and go back on top of it when it hooked after them.
 
-No `modules` import at module level: this file is imported in tests and on Forge.
+No `modules` import at module level: this file is imported in tests and in every host (`omost_webui.hosts`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from lib_omost.attention import attend
+from omost_webui.host_tokenizer import clip_tokenize_line
+from omost_webui.hosts.base import Host, crossattn
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +81,6 @@ def _host_hypernetworks():
     return lambda context, layer=None: hypernetwork.apply_hypernetworks(shared.loaded_hypernetworks, context, layer)
 
 
-def _crossattn(cond):
-    if isinstance(cond, dict):  # SDXL: {'crossattn': (B, T, C), 'vector': ...}
-        return cond.get('crossattn')
-    return cond
-
-
 def _marked(cond) -> int:
     """1 when sd-webui-controlnet prepended its marker token to this context, else 0."""
     if cond is None or cond.shape[1] < 2:
@@ -94,7 +91,7 @@ def _marked(cond) -> int:
 
 def cond_token_count(cond) -> int:
     """Token length of an on_cfg_denoiser text_cond (tensor or SDXL dict), without ControlNet's mark."""
-    cond = _crossattn(cond)
+    cond = crossattn(cond)
     return int(cond.shape[1]) - _marked(cond)
 
 
@@ -186,7 +183,7 @@ class A1111RegionalHooks:
 
     def on_cfg_denoiser(self, params):
         """Called from A1111's on_cfg_denoiser callback before the UNet calls of every sampling step."""
-        cond, uncond = _crossattn(params.text_cond), _crossattn(params.text_uncond)
+        cond, uncond = crossattn(params.text_cond), crossattn(params.text_uncond)
         self.n_cond = int(cond.shape[0])
         self.cond_length = cond_token_count(cond)
         self.uncond_length = None if uncond is None else cond_token_count(uncond)
@@ -271,3 +268,45 @@ class A1111RegionalHooks:
         for term in ip_terms:
             out_cond = out_cond + term(module, x, q)
         return out_cond
+
+
+class A1111Host(Host):
+    family = 'a1111'
+
+    @classmethod
+    def matches(cls, sd_model) -> bool:
+        # modules/sd_models.py load_model: an ldm LatentDiffusion / sgm DiffusionEngine, whose `model` (DiffusionWrapper
+        # / OpenAIWrapper) holds `diffusion_model`; the Forge families add `forge_objects` to theirs
+        return not hasattr(sd_model, 'forge_objects') and hasattr(getattr(sd_model, 'model', None), 'diffusion_model')
+
+    def diffusion_model(self, sd_model):
+        return sd_model.model.diffusion_model
+
+    def tokenize_line(self, sd_model):
+        # modules/sd_hijack_clip.py FrozenCLIPEmbedderWithCustomWordsBase.tokenize_line (reads opts.emphasis itself);
+        # modules/sd_hijack.py puts it on cond_stage_model (SD1.x) and on conditioner.embedders[0] (SDXL)
+        return clip_tokenize_line(sd_model)
+
+    def apply_regions(self, p, job, regional):
+        # A1111 keeps one model object between jobs, so hooks are armed for this job only and removed after it
+        # (release_all); sd_hijack_optimizations.py sets CrossAttention.forward on the CLASS, our hooks shadow it.
+        self.remove_regions(job)
+        job.attached = A1111RegionalHooks(regional)
+        job.attached.install(self.diffusion_model(p.sd_model))
+
+    def remove_regions(self, job):
+        if job.attached is not None:
+            job.attached.remove()
+        job.attached = None
+
+    def on_cfg_denoiser(self, job, params):
+        # modules/sd_samplers_cfg_denoiser.py CFGDenoiser.forward: the callback runs before the UNet calls of a step
+        if job.attached is not None:
+            job.attached.on_cfg_denoiser(params)
+
+    def cond_token_count(self, text_cond) -> int:
+        return cond_token_count(text_cond)  # without sd-webui-controlnet's mark token
+
+    @classmethod
+    def release_all(cls):
+        remove_all()

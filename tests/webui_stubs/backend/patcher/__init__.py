@@ -1,0 +1,1 @@
+"""Forge / Neo backend/patcher (stubs of the parts the extension touches)."""

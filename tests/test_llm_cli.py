@@ -90,7 +90,13 @@ def test_http_500_reason_is_said_once():
                                                   'Server Error.\n')
 
 
-def test_ctrl_c_ends_the_reply_line_first():
+# A shell starts `cmd &` with SIGINT ignored (and so does a CI launched that way): the CLI must still stop.
+IGNORE_SIGINT_THEN_EXEC = 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); os.execv(sys.executable, ' \
+                          '[sys.executable] + sys.argv[1:])'
+
+
+@pytest.mark.parametrize('inherited', ['default', 'ignored'])
+def test_ctrl_c_ends_the_reply_line_first(inherited):
     def endless(h, body):
         h.start_sse()
         for i in range(400):
@@ -98,7 +104,8 @@ def test_ctrl_c_ends_the_reply_line_first():
             if h.server.release.wait(0.02):
                 return
     with LoopbackServer(endless) as srv:
-        proc = subprocess.Popen([sys.executable, '-m', 'lib_omost', 'chat', 'a cat', '--base-url', srv.url,
+        launcher = [sys.executable] if inherited == 'default' else [sys.executable, '-c', IGNORE_SIGINT_THEN_EXEC]
+        proc = subprocess.Popen([*launcher, '-m', 'lib_omost', 'chat', 'a cat', '--base-url', srv.url,
                                  '--no-cache'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
                                 env={**os.environ, 'PYTHONPATH': ROOT})
         assert proc.stdout.read(6) == b'w0 w1 '  # streaming

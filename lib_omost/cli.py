@@ -6,6 +6,7 @@ non-zero exit code, never a traceback. Heavy modules are imported inside the com
 
 import argparse
 import json
+import signal
 import sys
 
 
@@ -129,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--threads', type=int, help='llm --turns: CPU threads (default: all cores)')
     p.set_defaults(func=cmd_bench)
     return parser
+
+
+def take_ctrl_c():
+    """Ctrl-C (SIGINT) stops a command, as the commands promise ("error: interrupted", exit 130), even when the
+    program was started with SIGINT ignored: a non-interactive shell starts every `cmd &` so, Python then keeps it
+    ignored, and a chat streamed on and on after Ctrl-C or `kill -INT`. Only for `python -m lib_omost` itself
+    (the main thread of its own process), never when `main()` is called inside another program."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 
-from lib_omost.guidance import METHODS, ORDERS, GuideParams
+from lib_omost.guide_params import METHODS, ORDERS, GuideParams
 
 
 def add_parser(sub):

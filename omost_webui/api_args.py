@@ -1,30 +1,34 @@
-"""Omost's script args in `POST /sdapi/v1/txt2img` and `img2img`: a list, or an object of named args.
+"""What API clients send to the host's endpoints, checked after the host has checked who sent it.
 
-Both hosts copy `alwayson_scripts[name]["args"]` into the job's script args before any script runs
-(modules/api/api.py: Api.init_script_args, `script_args[args_from + idx] = ...["args"][idx]`): an object there is
-a KeyError (HTTP 500, with a traceback in the console), a number a TypeError, and a string is spread into its
-characters. So the extension looks at these two requests first: an object of named args becomes the list the host
-expects, and any other shape is answered with HTTP 422 saying what is expected, one `[Omost]` console line, and
-nothing queued.
+Script args (`POST /sdapi/v1/txt2img` and `img2img`): a list, or an object of named args. Both hosts copy
+`alwayson_scripts[name]["args"]` into the job's script args before any script runs (modules/api/api.py:
+Api.init_script_args, `script_args[args_from + idx] = ...["args"][idx]`): an object there is a KeyError (HTTP 500,
+with a traceback in the console), a number a TypeError, and a string is spread into its characters. So an object
+of named args becomes the list the host expects, and any other shape is answered with HTTP 422 (the host's own
+answer to an HTTPException, as for the script's other refusals), one `[Omost]` console line, and nothing queued.
 
-`positional_args` and `rewrite_request` are the whole logic (no host, no web framework); `ArgsGate` is the ASGI
-glue and `install` puts it in front of the hosts' two endpoints. The gate wraps each endpoint's own ASGI app (the
-route's `app`), not the application's middleware stack: nothing else is touched, every other request goes on
-exactly as before, and the hosts' middlewares (logging, CORS, compression) see our 422 like any other answer.
-(Rebuilding the stack, as A1111's modules/initialize_util.py: setup_middleware does, would also switch on
-Forge's GZip and CORS middlewares, which Forge adds after gradio has built its stack and so never runs.)
+Settings (`POST /sdapi/v1/options`): the settings that make the server read, write or fetch something of the
+caller's choosing (`settings.API_RESTRICTED`: paths and URLs) are dropped from the request, as A1111 does for
+`restrict_api` options (modules/options.py: Options.set returns early `if is_api and option.restrict_api`); Forge's
+options API ignores `restrict_api` (modules/sysinfo.py: set_config calls Options.set without is_api).
+
+Both checks run inside the endpoint, as the host calls it: after the host's own `--api-auth` dependency
+(api.py: Api.add_api_route adds `Depends(self.auth)` to every route) and its request validation. A client without
+rights gets the host's 401 for whatever it sent, exactly as without the extension: it cannot learn that Omost is
+installed, and nothing of ours reads its body. `install` wraps each endpoint's function (the route's
+`dependant.call`, which FastAPI calls with the validated request after solving the route's dependencies,
+fastapi/routing.py: run_endpoint_function); the app, its middlewares and every other route are untouched.
 """
 
 from __future__ import annotations
 
-import json
+import inspect
 
 from omost_webui.generation import OmostInputError
 
 ARG_NAMES = ('enabled', 'canvas', 'options', 'guidance')  # the script's args in order (scripts/omost.py: process)
 EXPECTED = ('a list [enabled, canvas, options, guidance] (options and guidance optional) or an object with those '
             'names, e.g. {"enabled": true, "canvas": "..."}')
-ROUTES = ('/sdapi/v1/txt2img', '/sdapi/v1/img2img')
 SCRIPT_TITLE = 'omost'  # the hosts find an always-on script by its title, ignoring case (api.py: script_name_to_index)
 
 
@@ -58,22 +62,14 @@ def positional_args(value) -> list:
     return [value.get(name) for name in ARG_NAMES[:last + 1]]  # a gap (null) reads as the default
 
 
-def rewrite_request(body: bytes) -> bytes | None:
-    """The JSON body of a txt2img/img2img request with Omost's named args made positional; None when there is
-    nothing to change (the request goes on byte for byte), also for a body that is not JSON (the host answers
-    it). OmostInputError for Omost args (or an Omost entry) of another shape."""
-    if b'alwayson_scripts' not in body:  # the common case, and big img2img bodies: not parsed twice
-        return None
-    try:
-        request = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    scripts = request.get('alwayson_scripts') if isinstance(request, dict) else None
+def rewrite_scripts(scripts) -> bool:
+    """Make Omost's named args in a request's `alwayson_scripts` (a dict, changed in place) positional; whether
+    anything changed. OmostInputError for Omost args (or an Omost entry) of another shape."""
     if not isinstance(scripts, dict):
-        return None
+        return False
     changed = False
     for name, entry in scripts.items():
-        if name.lower() != SCRIPT_TITLE:
+        if not isinstance(name, str) or name.lower() != SCRIPT_TITLE:
             continue
         if not isinstance(entry, dict):  # the host would ignore a list here (Omost silently off) or fail
             raise OmostInputError(f'alwayson_scripts.{name} must be an object {{"args": ...}} with args {EXPECTED}; '
@@ -81,64 +77,68 @@ def rewrite_request(body: bytes) -> bytes | None:
         if 'args' in entry and not isinstance(entry['args'], list):
             entry['args'] = positional_args(entry['args'])
             changed = True
-    return json.dumps(request).encode('utf-8') if changed else None
+    return changed
 
 
-def refusal_body(error: Exception) -> bytes:
-    """The 422 answer, shaped like the hosts' answer to our other refusals (api.py: handle_exception)."""
-    message = str(error)
-    return json.dumps({'error': type(error).__name__, 'detail': message, 'body': '', 'errors': message}).encode()
+def drop_restricted(request) -> list:
+    """Remove the settings an API client may not change from an options request (a dict, changed in place); their
+    names."""
+    from omost_webui.settings import API_RESTRICTED
+    if not isinstance(request, dict):
+        return []
+    dropped = [key for key in API_RESTRICTED if key in request]
+    for key in dropped:
+        del request[key]
+    return dropped
 
 
-class ArgsGate:
-    """ASGI app in front of one endpoint: reads the request body, rewrites or refuses it (`rewrite_request`), and
-    replays it to the endpoint."""
+def _script_args_check(values: dict):
+    for value in values.values():
+        try:
+            rewrite_scripts(getattr(value, 'alwayson_scripts', None))
+        except OmostInputError as e:
+            print(f'[Omost] {e}')
+            raise
 
-    omost_args_gate = True  # `install` recognises a gate by this, also one made by an earlier copy of the module
 
-    def __init__(self, app):
-        self.app = app
+def _options_check(values: dict):
+    for value in values.values():
+        dropped = drop_restricted(value)
+        if dropped:
+            print(f'[Omost] the options API cannot change {", ".join(dropped)} (Settings > Omost can); ignored')
 
-    async def __call__(self, scope, receive, send):
-        if scope.get('type') != 'http':
-            return await self.app(scope, receive, send)
-        messages = []
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message.get('type') != 'http.request' or not message.get('more_body', False):
-                break
-        if messages[-1].get('type') == 'http.request':  # else the client left: replay what came, as it came
-            try:
-                body = rewrite_request(b''.join(m.get('body', b'') for m in messages))
-            except OmostInputError as e:
-                print(f'[Omost] {e}')
-                answer = refusal_body(e)
-                await send({'type': 'http.response.start', 'status': 422,
-                            'headers': [(b'content-type', b'application/json'),
-                                        (b'content-length', str(len(answer)).encode())]})
-                await send({'type': 'http.response.body', 'body': answer})
-                return
-            if body is not None:
-                headers = [(k, v) for k, v in scope.get('headers', []) if k.lower() != b'content-length']
-                scope = dict(scope, headers=headers + [(b'content-length', str(len(body)).encode())])
-                messages = [{'type': 'http.request', 'body': body, 'more_body': False}]
 
-        async def replay():
-            return messages.pop(0) if messages else await receive()
+CHECKS = {('/sdapi/v1/txt2img', 'POST'): _script_args_check, ('/sdapi/v1/img2img', 'POST'): _script_args_check,
+          ('/sdapi/v1/options', 'POST'): _options_check}
 
-        await self.app(scope, replay, send)
+
+def _checked(call, check):
+    """`call` (the host's endpoint function) with `check(values)` first, as FastAPI calls it: with the validated
+    request as keyword arguments, in its thread pool (or awaited, for a coroutine function)."""
+    if inspect.iscoroutinefunction(call):
+        async def endpoint(**values):
+            check(values)
+            return await call(**values)
+    else:
+        def endpoint(**values):
+            check(values)
+            return call(**values)
+    endpoint.omost_checked = call  # `install` recognises a wrapped endpoint, also one of an earlier copy of us
+    return endpoint
 
 
 def install(app) -> int:
-    """Put a gate in front of the hosts' txt2img and img2img endpoints of `app` (there are none without --api);
-    how many endpoints now have one. Idempotent."""
+    """Put the checks into the hosts' endpoints of `app` (there are none without --api); how many endpoints now
+    have them. Idempotent."""
     count = 0
     for route in getattr(getattr(app, 'router', None), 'routes', None) or []:
-        if getattr(route, 'path', None) not in ROUTES or 'POST' not in (getattr(route, 'methods', None) or ()):
+        dependant = getattr(route, 'dependant', None)
+        methods = getattr(route, 'methods', None) or ()
+        checks = [CHECKS[(route.path, m)] for m in methods if (getattr(route, 'path', None), m) in CHECKS]
+        if not checks or dependant is None or getattr(dependant, 'call', None) is None:
             continue
-        if not getattr(route.app, 'omost_args_gate', False):
-            route.app = ArgsGate(route.app)
+        if not hasattr(dependant.call, 'omost_checked'):
+            dependant.call = _checked(dependant.call, checks[0])
         count += 1
     return count
 

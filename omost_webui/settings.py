@@ -44,6 +44,11 @@ def data_dir() -> str:
 # wherever it came from. The model settings also take model names, which are no path.
 PATH_SETTINGS = ('omost_presets_file', 'omost_models_dir', 'omost_vision_path', 'omost_local_model',
                  'omost_gguf_model')
+# Settings that are URLs the server contacts (the LLM server, vision tower downloads): an API client must not
+# point them at an address of its choosing (nor get the --omost-api-key sent there). Out of both options APIs:
+# `restrict_api` for A1111's, and omost_webui/api_args.py drops them (and the paths) from Forge's.
+URL_SETTINGS = ('omost_server_url', 'omost_vision_url_768', 'omost_vision_url_1280')
+API_RESTRICTED = PATH_SETTINGS + URL_SETTINGS
 
 
 def allowed_roots() -> list:
@@ -198,7 +203,7 @@ def _options():
          'folder)', 'Textbox', {}, _path_setting('omost_models_dir')),
         ('omost_backend', 'server', 'Default LLM backend', 'Dropdown', {'choices': list(BACKENDS)}, {}),
         ('omost_server_url', _cmd('omost_server_url'), 'Default LLM server base URL (OpenAI-compatible, e.g. '
-         'http://127.0.0.1:8080/v1)', 'Textbox', {}, {}),
+         'http://127.0.0.1:8080/v1)', 'Textbox', {}, {'restrict_api': True}),
         ('omost_server_model', _cmd('omost_model'), 'Default model name on the LLM server', 'Textbox', {}, {}),
         ('omost_local_model', '', 'Default local model (an Omost model name, or a folder inside the WebUI\'s models '
          'or data folder)', 'Textbox', {}, _path_setting('omost_local_model')),

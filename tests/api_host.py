@@ -39,7 +39,7 @@ def summary() -> dict:
     venv's run: {host: {case: [status, error name or 'Omost' in the infotext]}})."""
     import fastapi
     from webui_helpers import SMALL, ForgeModel, ForgeTinyUNet, Rig  # (puts the host stubs on sys.path)
-    from modules import errors
+    from modules import errors, shared
     rig = Rig(ForgeModel(ForgeTinyUNet()))  # (the A1111-like venv has no ldm for A1111's UNet)
     cases = {'list': [True, SMALL], 'named': {'enabled': True, 'canvas': SMALL, 'guidance': []},
              'named off': {'enabled': 'false', 'canvas': SMALL}, 'string': 'true', 'no enabled': {'canvas': SMALL}}
@@ -53,6 +53,14 @@ def summary() -> dict:
             answers[case] = [response.status_code, body.get('error') if response.status_code != 200
                              else 'Omost: ' in body['info']]
         answers['no gate, named'] = post(client(host_app(rig, forge, started=False)[0]), cases['named']).status_code
+        shared.cmd_opts.api_auth = 'alice:secret'  # --api-auth: a client without rights meets the host only
+        try:
+            locked = client(host_app(rig, forge)[0])
+            for case in ('string', 'named'):
+                response = post(locked, cases[case])
+                answers[f'no rights, {case}'] = [response.status_code, response.json().get('error')]
+        finally:
+            del shared.cmd_opts.api_auth
         result['forge' if forge else 'a1111'] = answers
     errors.reported.clear()  # A1111's report of the ungated 500
     return result

@@ -90,7 +90,15 @@ def test_http_500_reason_is_said_once():
                                                   'Server Error.\n')
 
 
-def test_ctrl_c_ends_the_reply_line_first():
+# The CLI started with SIGINT at its default, or ignored as a non-interactive shell starts every `cmd &` (a CI
+# started in the background runs so): set here, so the test does not depend on how pytest itself was started.
+def with_sigint(disposition: str) -> list:
+    return [sys.executable, '-c', f'import os, signal, sys; signal.signal(signal.SIGINT, signal.{disposition}); '
+                                  'os.execv(sys.executable, [sys.executable] + sys.argv[1:])']
+
+
+@pytest.mark.parametrize('inherited', ['SIG_DFL', 'SIG_IGN'])
+def test_ctrl_c_ends_the_reply_line_first(inherited):
     def endless(h, body):
         h.start_sse()
         for i in range(400):
@@ -98,7 +106,7 @@ def test_ctrl_c_ends_the_reply_line_first():
             if h.server.release.wait(0.02):
                 return
     with LoopbackServer(endless) as srv:
-        proc = subprocess.Popen([sys.executable, '-m', 'lib_omost', 'chat', 'a cat', '--base-url', srv.url,
+        proc = subprocess.Popen([*with_sigint(inherited), '-m', 'lib_omost', 'chat', 'a cat', '--base-url', srv.url,
                                  '--no-cache'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
                                 env={**os.environ, 'PYTHONPATH': ROOT})
         assert proc.stdout.read(6) == b'w0 w1 '  # streaming

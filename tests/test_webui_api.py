@@ -81,7 +81,9 @@ def test_a_refusal_reads_the_same_in_the_ui_error_box(rig):
 def host(request, rig):
     """(client, jobs): the host's API over `rig` as A1111 or Forge set it up, with the extension's gate."""
     app, jobs = host_app(rig, forge=request.param == 'forge')
-    return client(app), jobs
+    test_client = client(app)
+    test_client.host_name = request.param
+    return test_client, jobs
 
 
 @pytest.mark.parametrize('forge', [False, True], ids=['a1111', 'forge'])
@@ -126,7 +128,9 @@ def test_other_shapes_are_refused_with_422_and_one_console_line(host, capsys, ar
     response = post(test_client, args)
     assert response.status_code == 422 and jobs == []  # nothing was queued
     body = response.json()
-    assert body['error'] == 'OmostInputError' and body['detail'].startswith(detail)
+    # the host's answer to an HTTPException: A1111's handle_exception names it, Forge's (FastAPI's) has the detail
+    assert body.get('error') == {'a1111': 'OmostInputError', 'forge': None}[test_client.host_name]
+    assert body['detail'].startswith(detail)
     assert capsys.readouterr().out.strip().splitlines() == [f'[Omost] {body["detail"]}']  # (no report: host_state)
 
 
@@ -160,81 +164,133 @@ def test_the_gate_under_fastapi_0_94(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     answers = {'list': [200, True], 'named': [200, True], 'named off': [200, False],
-               'string': [422, 'OmostInputError'], 'no enabled': [422, 'OmostInputError'], 'no gate, named': 500}
-    assert result == {'fastapi': '0.94.0', 'a1111': answers, 'forge': answers}
+               'string': [422, 'OmostInputError'], 'no enabled': [422, 'OmostInputError'], 'no gate, named': 500,
+               'no rights, string': [401, 'HTTPException'], 'no rights, named': [401, 'HTTPException']}
+    forge = dict(answers, string=[422, None], **{'no enabled': [422, None], 'no rights, string': [401, None],
+                                                 'no rights, named': [401, None]})  # FastAPI's answer: {"detail": ...}
+    assert result == {'fastapi': '0.94.0', 'a1111': answers, 'forge': forge}
 
 
-def test_positional_args_and_rewrite_request():
-    from omost_webui.api_args import positional_args, rewrite_request
+def test_positional_args_and_rewrite_scripts():
+    from omost_webui.api_args import positional_args, rewrite_scripts
     assert positional_args([True]) == [True]
     assert positional_args({'guidance': [], 'enabled': True}) == [True, None, None, []]
     assert positional_args({'enabled': False}) == [False]
-    untouched = [b'', b'not json', b'{"prompt": "alwayson_scripts"}', b'{"alwayson_scripts": []}',
-                 b'[1, "alwayson_scripts"]', b'{"alwayson_scripts": {"Omost": {"args": [true, "x"]}}}',
-                 b'{"alwayson_scripts": {"Omost": {}}}',
-                 b'{"alwayson_scripts": {"ControlNet": {"args": {"enabled": true}}, "omost": {"args": []}}}']
-    assert [rewrite_request(body) for body in untouched] == [None] * len(untouched)
-    body = {'prompt': 'p', 'alwayson_scripts': {'ControlNet': {'args': {'x': 1}}, 'oMost': {'args': {'enabled': 1}}}}
-    body['alwayson_scripts']['Omost'] = {'args': {'enabled': True, 'options': {'strength': 0.5}}}
-    rewritten = json.loads(rewrite_request(json.dumps(body).encode()))
-    assert rewritten['alwayson_scripts'] == {'ControlNet': {'args': {'x': 1}}, 'oMost': {'args': [1]},
-                                             'Omost': {'args': [True, None, {'strength': 0.5}]}}
-    assert rewritten['prompt'] == 'p'
+    for untouched in [None, [], 'alwayson_scripts', {}, {'Omost': {'args': [True, 'x']}}, {'Omost': {}},
+                      {'ControlNet': {'args': {'enabled': True}}, 'omost': {'args': []}}, {1: 'x'}]:
+        before = json.dumps(untouched, sort_keys=True)
+        assert rewrite_scripts(untouched) is False and json.dumps(untouched, sort_keys=True) == before
+    scripts = {'ControlNet': {'args': {'x': 1}}, 'oMost': {'args': {'enabled': 1}},
+               'Omost': {'args': {'enabled': True, 'options': {'strength': 0.5}}}}
+    assert rewrite_scripts(scripts) is True
+    assert scripts == {'ControlNet': {'args': {'x': 1}}, 'oMost': {'args': [1]},
+                       'Omost': {'args': [True, None, {'strength': 0.5}]}}
 
 
-def test_the_gate_replays_every_other_body_as_it_came():
-    """A request the gate leaves alone reaches the endpoint as the same ASGI messages (chunks included); a
-    rewritten one as one message with its new length."""
-    import asyncio
-    from omost_webui.api_args import ArgsGate
-
-    def through_gate(chunks, left=False):
-        """(the messages the client sent, what the endpoint got); `left`: the client disconnects mid-body."""
-        seen = {'messages': []}
-
-        async def endpoint(scope, receive, send):
-            seen['scope'] = scope
-            while not seen['messages'] or seen['messages'][-1]['type'] != 'http.disconnect':
-                seen['messages'].append(await receive())
-
-        incoming = [{'type': 'http.request', 'body': c, 'more_body': left or i < len(chunks) - 1}
-                    for i, c in enumerate(chunks)] + [{'type': 'http.disconnect'}]
-        sent = list(incoming)
-
-        async def receive():
-            return sent.pop(0)
-        scope = {'type': 'http', 'method': 'POST', 'path': '/sdapi/v1/txt2img', 'headers': [(b'content-length', b'1')]}
-        asyncio.run(ArgsGate(endpoint)(scope, receive, lambda message: None))
-        return incoming, seen
-
-    for chunks, left in [([b'{"alwayson_scripts": {"Omost": {"ar', b'gs": [true, "x"]}}, "prompt": "\\u00e9"}'], False),
-                         ([b'{"prompt": "a"}'], False),
-                         ([b'{"alway', b'son_scripts": {"Omost": {"args": {"enabled": true}}}}'], True)]:
-        incoming, seen = through_gate(chunks, left)
-        assert seen['messages'] == incoming and seen['scope']['headers'] == [(b'content-length', b'1')]
-    incoming, seen = through_gate([b'{"alwayson_scripts": {"Omost": ', b'{"args": {"enabled": true}}}}'])
-    body = b'{"alwayson_scripts": {"Omost": {"args": [true]}}}'
-    assert seen['messages'] == [{'type': 'http.request', 'body': body, 'more_body': False}, incoming[-1]]
-    assert seen['scope']['headers'] == [(b'content-length', str(len(body)).encode())]
-
-
-def test_the_gate_is_only_in_front_of_the_two_endpoints(rig):
-    """The app's middleware stack and every other route are as the host left them; a second app_started (a UI
-    reload on the same app) adds no second gate."""
-    from omost_webui.api_args import ArgsGate, install
+def test_the_checks_are_only_in_the_three_endpoints(rig):
+    """The app's middleware stack, every route's ASGI app and every other endpoint are as the host left them; a
+    second app_started (a UI reload on the same app) checks nothing twice."""
+    from omost_webui.api_args import install
     app, _ = host_app(rig, started=False)
     app.add_api_route('/sdapi/v1/options', lambda: {'ok': 1}, methods=['GET'])
     client(app).get('/sdapi/v1/options')  # the stack is built on the first request, as after gradio's launch
     stack, middleware = app.middleware_stack, list(app.user_middleware)
-    before = {route.path: route.app for route in app.router.routes}
-    assert install(app) == 2 and install(app) == 2
+    def endpoint(route):  # (the app's own /docs and /openapi.json routes have none)
+        return getattr(getattr(route, 'dependant', None), 'call', None)
+    before = {(route.path, tuple(route.methods)): (route.app, endpoint(route)) for route in app.router.routes}
+    assert install(app) == 3 and install(app) == 3
     assert app.middleware_stack is stack and app.user_middleware == middleware
     for route in app.router.routes:
-        if route.path in ('/sdapi/v1/txt2img', '/sdapi/v1/img2img'):
-            assert isinstance(route.app, ArgsGate) and route.app.app is before[route.path]
+        asgi, call = before[(route.path, tuple(route.methods))]
+        assert route.app is asgi
+        if 'POST' in route.methods:
+            assert endpoint(route).omost_checked is call  # wrapped once
         else:
-            assert route.app is before[route.path]
+            assert endpoint(route) is call
     assert install(type('NoApi', (), {})()) == 0  # a WebUI without --api
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Clients without rights (--api-auth): the host answers them, as without the extension
+
+
+@pytest.fixture
+def api_auth(monkeypatch):
+    """`--api-auth alice:secret,bob:pw` (modules/api/api.py: Api.__init__ reads shared.cmd_opts.api_auth)."""
+    from modules import shared
+    monkeypatch.setattr(shared.cmd_opts, 'api_auth', 'alice:secret,bob:pw', raising=False)
+    return ('alice', 'secret')
+
+
+BAD_REQUESTS = {  # what would get our 422 (or a rewrite) from a client with rights
+    'string args': {'prompt': 'a photo', 'alwayson_scripts': {'Omost': {'args': 'true'}}},
+    'named args': {'prompt': 'a photo', 'alwayson_scripts': {'omost': {'args': {'enabled': True, 'canvas': 'x'}}}},
+    'entry a string': {'alwayson_scripts': {'Omost': 'args'}},
+    'unknown name': {'alwayson_scripts': {'OMOST': {'args': {'enabled': True, 'canvass': 1}}}},
+}
+
+
+@pytest.mark.parametrize('forge', [False, True], ids=['a1111', 'forge'])
+@pytest.mark.parametrize('credentials', [None, ('alice', 'wrong'), ('mallory', 'secret'), 'Bearer x'],
+                         ids=['none', 'wrong password', 'unknown user', 'not basic'])
+def test_a_client_without_rights_gets_the_hosts_401_for_anything(rig, capsys, api_auth, forge, credentials):
+    from modules import shared
+    gated, jobs = host_app(rig, forge)
+    bare, _ = host_app(rig, forge, started=False)  # the host without the extension's checks
+    if isinstance(credentials, tuple):
+        kwargs = {'auth': credentials}
+    else:
+        kwargs = {'headers': {'Authorization': credentials}} if credentials else {}
+    before = dict(shared.opts.data)
+    for name, request in [*BAD_REQUESTS.items(), ('options', {'omost_vision_url_768': 'http://10.0.0.1/x'})]:
+        route = '/sdapi/v1/options' if name == 'options' else '/sdapi/v1/txt2img'
+        answer = client(gated).post(route, json=request, **kwargs)
+        unchecked = client(bare).post(route, json=request, **kwargs)
+        assert answer.status_code == 401, (name, answer.text)
+        assert (answer.json(), answer.headers.get('www-authenticate')) == \
+            (unchecked.json(), unchecked.headers.get('www-authenticate')), name
+    assert jobs == [] and shared.opts.data == before
+    assert '[Omost]' not in capsys.readouterr().out  # nothing of ours looked at the request
+
+
+@pytest.mark.parametrize('forge', [False, True], ids=['a1111', 'forge'])
+def test_a_client_with_rights_gets_the_checks(rig, capsys, api_auth, forge, with_omost):
+    gated, jobs = host_app(rig, forge)
+    for name, request in BAD_REQUESTS.items():
+        answer = client(gated).post('/sdapi/v1/txt2img', json=request, auth=api_auth)
+        assert answer.status_code == 422 and jobs == [], (name, answer.text)
+    assert len(capsys.readouterr().out.strip().splitlines()) == len(BAD_REQUESTS)
+    answer = client(gated).post('/sdapi/v1/txt2img', auth=('bob', 'pw'), json={
+        'prompt': 'a photo', 'alwayson_scripts': {'omost': {'args': {'enabled': True, 'canvas': SMALL}}}})
+    assert answer.status_code == 200 and images_equal(jobs[-1][1], with_omost)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Settings that make the server fetch or read something: out of both options APIs
+
+
+@pytest.mark.parametrize('forge', [False, True], ids=['a1111', 'forge'])
+def test_url_and_path_settings_are_out_of_both_options_apis(rig, omost_settings, capsys, forge):
+    from omost_webui import settings
+    assert set(settings.URL_SETTINGS) == {k for k in omost_settings.data_labels if 'url' in k}
+    restricted = {key: ('http://10.0.0.1:8/x' if key in settings.URL_SETTINGS
+                        else str(settings.allowed_roots()[0]) + '/webui-user.sh') for key in settings.API_RESTRICTED}
+    before = {key: omost_settings.data[key] for key in restricted}
+    request = dict(restricted, omost_cache_mb=5, omost_system_prompt='be brief')
+    app, _ = host_app(rig, forge)
+    assert client(app).post('/sdapi/v1/options', json=request).status_code == 200
+    assert {key: omost_settings.data[key] for key in restricted} == before
+    assert (omost_settings.data['omost_cache_mb'], omost_settings.data['omost_system_prompt']) == (5, 'be brief')
+    assert capsys.readouterr().out.splitlines() == [
+        f'[Omost] the options API cannot change {", ".join(settings.API_RESTRICTED)} (Settings > Omost can); ignored']
+    for key in settings.URL_SETTINGS:  # A1111's options API and both hosts' override_settings skip them too
+        assert omost_settings.data_labels[key].restrict_api is True
+        assert not omost_settings.set(key, 'http://10.0.0.1:8/y', is_api=True)
+        assert omost_settings.set(key, 'https://hf-mirror.com/x')  # Settings > Omost still can
+    if forge:  # what the checks stop: Forge's own options API sets them (modules/sysinfo.py: set_config)
+        bare, _ = host_app(rig, forge, started=False)
+        assert client(bare).post('/sdapi/v1/options', json={'omost_vision_url_768': 'http://10.0.0.1:8/z'}) \
+            .status_code == 200 and omost_settings.data['omost_vision_url_768'] == 'http://10.0.0.1:8/z'
 
 
 # ---------------------------------------------------------------------------------------------------------------

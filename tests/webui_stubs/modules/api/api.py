@@ -1,9 +1,12 @@
 """The hosts' API where the extension meets it: the error answer, and the txt2img/img2img endpoints' handling of
 `alwayson_scripts` (modules/api/api.py of A1111 1.10.1; Forge dfdcbab's is the same except where noted)."""
-from fastapi import FastAPI
+from secrets import compare_digest
+
+from fastapi import Depends, FastAPI
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel
 
 from modules import errors
@@ -72,16 +75,54 @@ class Img2ImgRequest(Txt2ImgRequest):
 
 
 class Api:
-    """The endpoints as Api.__init__ adds them (lines 211-212), each taking the script args as text2imgapi /
+    """The endpoints as Api.__init__ adds them (lines 211-212, 221), each taking the script args as text2imgapi /
     img2imgapi do (init_script_args over the defaults) and handing them to `run(script_args)`, which stands for
-    the job and returns the answer."""
+    the job and returns the answer; with `--api-auth` (`shared.cmd_opts.api_auth`), every route behind the
+    host's HTTP Basic check."""
 
     def __init__(self, app: FastAPI, script_runner, default_script_args, run, forge=False):
+        from modules import shared
+        if getattr(shared.cmd_opts, 'api_auth', None):  # lines 201-205
+            self.credentials = {}
+            for auth in shared.cmd_opts.api_auth.split(','):
+                user, password = auth.split(':')
+                self.credentials[user] = password
         self.app, self.script_runner, self.default_script_args, self.run = app, script_runner, default_script_args, run
+        self.forge = forge
         if not forge:
             api_middleware(self.app)
-        self.app.add_api_route('/sdapi/v1/txt2img', self.text2imgapi, methods=['POST'])
-        self.app.add_api_route('/sdapi/v1/img2img', self.img2imgapi, methods=['POST'])
+        self.add_api_route('/sdapi/v1/txt2img', self.text2imgapi, methods=['POST'])
+        self.add_api_route('/sdapi/v1/img2img', self.img2imgapi, methods=['POST'])
+        self.add_api_route('/sdapi/v1/options', self.set_config, methods=['POST'])
+
+    def add_api_route(self, path: str, endpoint, **kwargs):
+        """Lines 274-277 (Forge: 276-279)."""
+        from modules import shared
+        if getattr(shared.cmd_opts, 'api_auth', None):
+            return self.app.add_api_route(path, endpoint, dependencies=[Depends(self.auth)], **kwargs)
+        return self.app.add_api_route(path, endpoint, **kwargs)
+
+    def auth(self, credentials: HTTPBasicCredentials = Depends(HTTPBasic())):
+        """Lines 279-284 (Forge: 281-286), verbatim."""
+        if credentials.username in self.credentials:
+            if compare_digest(credentials.password, self.credentials[credentials.username]):
+                return True
+
+        raise HTTPException(status_code=401, detail="Incorrect username or password",
+                            headers={"WWW-Authenticate": "Basic"})
+
+    def set_config(self, req: dict):
+        """A1111: lines 678-686, `shared.opts.set(k, v, is_api=True)` for each; Forge: lines 686-688, its
+        modules/sysinfo.py: set_config(req) (lines 218-250), which calls `shared.opts.set(k, v, is_api=False,
+        run_callbacks=True)` for every option but the checkpoint and memory ones. Saving config.json is left out."""
+        from modules import shared
+        for k, v in req.items():
+            if self.forge:
+                if v == shared.opts.data.get(k):
+                    continue
+                shared.opts.set(k, v, is_api=False, run_callbacks=True)
+            else:
+                shared.opts.set(k, v, is_api=True)
 
     def text2imgapi(self, txt2imgreq: Txt2ImgRequest):
         return self.run(self.init_script_args(txt2imgreq, self.default_script_args, None, None, self.script_runner))

@@ -277,6 +277,17 @@ def _finished_status(upd, prefix: str = '') -> str:
 
 
 CONTINUING = 'Continuing from your edited canvas.'
+WAITING_FOR_LLM = 'Waiting for the LLM...'
+
+
+def _local_waiting_notice(kind) -> str:
+    """The in-process model is busy with another session's reply (it writes one at a time; `make_backend` and the
+    backend queue this one behind it): the line that says so, else ''."""
+    backend = _local_backend['backend'] if kind in ('local', 'gguf') else None
+    if backend is None or not getattr(backend, 'busy', False):
+        return ''
+    from lib_omost.llm.inprocess import WAITING_NOTICE
+    return WAITING_NOTICE
 
 
 def _canvas_json(text):
@@ -334,8 +345,8 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
     live = CanvasStream() if live_preview else None
     live_due, live_pending, shown_status = 0.0, False, None
     try:
-        yield (base + [(message, '')], ('' if mode != 'retry' else keep), keep,
-               status_html(' '.join(filter(None, [continuing, 'Waiting for the LLM...']))))
+        shown_status = ' '.join(filter(None, [continuing, _local_waiting_notice(kind) or WAITING_FOR_LLM]))
+        yield base + [(message, '')], ('' if mode != 'retry' else keep), keep, status_html(shown_status)
         backend = make_backend(kind, server_url, server_model, api_key_for(server_url, api_key, saved_api_key),
                                local_model, models_dir, keep_loaded, gguf_model, gguf_gpu_layers, gguf_threads)
         params = ChatParams(seed=int(seed), temperature=float(temperature), top_p=float(top_p),
@@ -352,6 +363,8 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
                     canvas_now, live_pending, live_due = live.code, False, now + LIVE_INTERVAL_S
             regions = _so_far(live.result.canvas) if live is not None and live.result is not None else ''
             text = ' '.join(filter(None, [continuing, upd.notice, regions]))
+            if not text and shown_status:  # a notice went away (the wait for another chat's reply ended)
+                text = WAITING_FOR_LLM
             status = status_html(text) if text and text != shown_status else keep
             shown_status = text or shown_status
             yield base + [(message, upd.text)], keep, canvas_now, status

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import inspect
 import json
 import logging
 import threading
@@ -203,6 +204,14 @@ def controls_from_options(options_text, *current):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Chat
+
+# Several browser sessions chat at once. gradio 4 runs each event for one session at a time unless told otherwise
+# (Forge's `demo.queue(64)` is gradio 3's concurrency count, which gradio 4 takes as its status update rate), so a
+# second user's Send would wait, unexplained, for the first user's whole reply; gradio 3 (A1111) runs 64 at once.
+# An in-process model still writes one reply at a time and says so (`_local_waiting_notice`).
+_click = getattr(gr.Button, 'click', None)  # gradio 3 sets it on each instance
+CHAT_CONCURRENCY = {'concurrency_limit': 16} if _click and 'concurrency_limit' in inspect.signature(_click).parameters \
+    else {}
 
 _local_backend = {'key': None, 'backend': None}
 _local_lock = threading.Lock()
@@ -644,8 +653,8 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                    c['local_model'], c['keep_loaded'], c['seed'], c['temperature'], c['top_p'], c['max_new_tokens'],
                    c['gguf_model'], c['gguf_gpu_layers'], c['gguf_threads']]
     chat_outputs = [c['chatbot'], c['message'], canvas_text, c['chat_status'], state, c['preview_status']]
-    c['send'].click(chat('new'), chat_inputs + chat_extra, chat_outputs)
-    c['retry'].click(chat('retry'), chat_inputs + chat_extra, chat_outputs)
+    c['send'].click(chat('new'), chat_inputs + chat_extra, chat_outputs, **CHAT_CONCURRENCY)
+    c['retry'].click(chat('retry'), chat_inputs + chat_extra, chat_outputs, **CHAT_CONCURRENCY)
     c['stop'].click(stop_chat, [c['session']], None, queue=False)
     c['edit'].click(edit_last, [c['session']], [c['chatbot'], c['message'], c['chat_status']], queue=False)
     c['new'].click(new_chat, [c['session'], c['keep_canvas'], canvas_text], [c['chatbot'], c['chat_status'], canvas_text],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import inspect
 import json
 import logging
 import threading
@@ -204,6 +205,14 @@ def controls_from_options(options_text, *current):
 # ---------------------------------------------------------------------------------------------------------------
 # Chat
 
+# Several browser sessions chat at once. gradio 4 runs each event for one session at a time unless told otherwise
+# (Forge's `demo.queue(64)` is gradio 3's concurrency count, which gradio 4 takes as its status update rate), so a
+# second user's Send would wait, unexplained, for the first user's whole reply; gradio 3 (A1111) runs 64 at once.
+# An in-process model still writes one reply at a time and says so (`_local_waiting_notice`).
+_click = getattr(gr.Button, 'click', None)  # gradio 3 sets it on each instance
+CHAT_CONCURRENCY = {'concurrency_limit': 16} if _click and 'concurrency_limit' in inspect.signature(_click).parameters \
+    else {}
+
 _local_backend = {'key': None, 'backend': None}
 _local_lock = threading.Lock()
 
@@ -291,6 +300,17 @@ def stats_text(stats: dict) -> str:
 
 
 CONTINUING = 'Continuing from your edited canvas.'
+WAITING_FOR_LLM = 'Waiting for the LLM...'
+
+
+def _local_waiting_notice(kind) -> str:
+    """The in-process model is busy with another session's reply (it writes one at a time; `make_backend` and the
+    backend queue this one behind it): the line that says so, else ''."""
+    backend = _local_backend['backend'] if kind in ('local', 'gguf') else None
+    if backend is None or not getattr(backend, 'busy', False):
+        return ''
+    from lib_omost.llm.inprocess import WAITING_NOTICE
+    return WAITING_NOTICE
 
 
 def _canvas_json(text):
@@ -349,8 +369,8 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
     live = CanvasStream() if live_preview else None
     live_due, live_pending, shown_status = 0.0, False, None
     try:
-        yield (base + [(message, '')], ('' if mode != 'retry' else keep), keep,
-               status_html(' '.join(filter(None, [continuing, 'Waiting for the LLM...']))))
+        shown_status = ' '.join(filter(None, [continuing, _local_waiting_notice(kind) or WAITING_FOR_LLM]))
+        yield base + [(message, '')], ('' if mode != 'retry' else keep), keep, status_html(shown_status)
         backend = make_backend(kind, server_url, server_model, api_key_for(server_url, api_key, saved_api_key),
                                local_model, models_dir, keep_loaded, gguf_model, gguf_gpu_layers, gguf_threads,
                                reuse_prompt, draft)
@@ -368,6 +388,8 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
                     canvas_now, live_pending, live_due = live.code, False, now + LIVE_INTERVAL_S
             regions = _so_far(live.result.canvas) if live is not None and live.result is not None else ''
             text = ' '.join(filter(None, [continuing, upd.notice, regions]))
+            if not text and shown_status:  # a notice went away (the wait for another chat's reply ended)
+                text = WAITING_FOR_LLM
             status = status_html(text) if text and text != shown_status else keep
             shown_status = text or shown_status
             yield base + [(message, upd.text)], keep, canvas_now, status
@@ -649,8 +671,8 @@ def build_ui(is_img2img: bool, elem_id: Callable[[str], str], accordion_cls, set
                    c['local_model'], c['keep_loaded'], c['seed'], c['temperature'], c['top_p'], c['max_new_tokens'],
                    c['gguf_model'], c['gguf_gpu_layers'], c['gguf_threads']]
     chat_outputs = [c['chatbot'], c['message'], canvas_text, c['chat_status'], state, c['preview_status']]
-    c['send'].click(chat('new'), chat_inputs + chat_extra, chat_outputs)
-    c['retry'].click(chat('retry'), chat_inputs + chat_extra, chat_outputs)
+    c['send'].click(chat('new'), chat_inputs + chat_extra, chat_outputs, **CHAT_CONCURRENCY)
+    c['retry'].click(chat('retry'), chat_inputs + chat_extra, chat_outputs, **CHAT_CONCURRENCY)
     c['stop'].click(stop_chat, [c['session']], None, queue=False)
     c['edit'].click(edit_last, [c['session']], [c['chatbot'], c['message'], c['chat_status']], queue=False)
     c['new'].click(new_chat, [c['session'], c['keep_canvas'], canvas_text], [c['chatbot'], c['chat_status'], canvas_text],

@@ -11,8 +11,8 @@ from conftest import read_fixture
 
 from lib_omost.canvas import CanvasError, load_canvas
 from lib_omost.options import RenderOptions, parse_options
-from ui_helpers import (CHROMIUM, CHROMIUM_ARGS, PYTHONS, ROOT, browser_missing_reason, canvas_reply, canvas_server,
-                        chat_bodies, free_port, ui_app)
+from ui_helpers import (PYTHONS, ROOT, browser_missing_reason, canvas_reply, canvas_server, chat_bodies, chromium,
+                        free_port, ui_app)
 
 MISSING = browser_missing_reason()
 pytestmark = [pytest.mark.skipif(MISSING is not None, reason=str(MISSING)), pytest.mark.timeout(120)]
@@ -32,11 +32,8 @@ def llm():
 
 @pytest.fixture(scope='module')
 def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture(scope='module', params=['4.40.0', '3.41.2'])

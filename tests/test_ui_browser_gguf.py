@@ -7,7 +7,8 @@ import subprocess
 import pytest
 from conftest import read_fixture
 
-from ui_helpers import CHROMIUM, CHROMIUM_ARGS, PYTHONS, ROOT, browser_missing_reason, canvas_reply, ui_app
+from ui_helpers import (CHROMIUM, CHROMIUM_ARGS, PYTHONS, ROOT, browser_missing_reason, canvas_reply, choose_backend,
+                        ui_app)
 
 MISSING = browser_missing_reason()
 pytestmark = [pytest.mark.skipif(MISSING is not None, reason=str(MISSING)), pytest.mark.timeout(180)]
@@ -46,11 +47,7 @@ def test_chat_stop_retry_fill_the_canvas(version, model):
             page.add_init_script(path=os.path.join(ROOT, 'javascript', script))
         page.goto(url)
         page.wait_for_selector(f'{T}input textarea', timeout=WAIT_MS)
-        label = page.locator(f'{T}llm_settings .label-wrap').first
-        if 'open' not in (label.get_attribute('class') or ''):
-            label.click()
-        page.locator(f'{T}backend input').first.click()
-        page.locator(f'{T}backend ul.options li', has_text='gguf').first.click()
+        choose_backend(page, 'gguf')
         field = page.locator(f'{T}gguf_model input').first
         field.wait_for(state='visible', timeout=WAIT_MS)  # the gguf fields appear with the choice
         assert not page.locator(f'{T}server_url').first.is_visible()

@@ -105,7 +105,7 @@ def main():
     if args.check:
         print(json.dumps(summary(demo, uis)))
         return
-    demo.queue()
+    demo.queue(64)  # webui.py: shared.demo.queue(64), under gradio 3 and 4 alike
     demo.launch(server_name='127.0.0.1', server_port=args.port, show_error=True, quiet=True)
 
 

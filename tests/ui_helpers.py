@@ -7,10 +7,11 @@ import json
 import os
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 
-from llm_helpers import LoopbackServer, free_port, stream_text
+from llm_helpers import LoopbackServer, free_port, sse_chunk, stream_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = '/usr/bin/chromium'
@@ -53,6 +54,42 @@ class CanvasReplies:
             stream_text(pieces, self.delay)(handler, body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client stopped the reply
+
+
+class HeldReplies:
+    """A LoopbackServer script for several users at once: the reply is `replies[word]` for the first `word` in the
+    request's last user message (else the first reply), streamed in `pieces` SSE pieces; after `hold_at` pieces
+    it sets `held[word]` and waits until the test sets `gates[word]` (`open_all()` at the end)."""
+
+    def __init__(self, replies: dict, pieces: int = 40, hold_at: int = 20, wait_s: float = 600):
+        self.replies, self.pieces, self.hold_at, self.wait_s = replies, pieces, hold_at, wait_s
+        self.held = {k: threading.Event() for k in replies}
+        self.gates = {k: threading.Event() for k in replies}
+
+    def __call__(self, handler, body):
+        if body is None:
+            return handler.send_json(200, {'object': 'list', 'data': [{'id': 'omost-test', 'object': 'model'}]})
+        asked = body['messages'][-1]['content']
+        which = next((k for k in self.replies if k in asked), next(iter(self.replies)))
+        reply = self.replies[which]
+        size = -(-len(reply) // self.pieces)
+        try:
+            handler.start_sse()
+            for i in range(0, len(reply), size):
+                if i == self.hold_at * size:
+                    self.held[which].set()
+                    self.gates[which].wait(self.wait_s)
+                handler.send_event(sse_chunk(reply[i:i + size]))
+                time.sleep(0.01)
+            handler.send_event(sse_chunk(None, 'stop'))
+            handler.send_event('[DONE]')
+            handler.end_sse()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # Stop closed the stream
+
+    def open_all(self):
+        for gate in self.gates.values():
+            gate.set()
 
 
 def canvas_server(reply: str, **kwargs) -> LoopbackServer:
@@ -105,6 +142,91 @@ def ui_app(gradio_version: str, server_url: str, timeout: float = 60.0, ui_confi
             proc.kill()
             proc.wait()
         config_dir.cleanup()
+
+
+@contextlib.contextmanager
+def chromium():
+    """Headless Chromium through playwright (the browser tests' module-wide browser)."""
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class OmostPage:
+    """The Omost accordion on one page (one user), by its elements' id prefix: '#txt2img_omost_' in tests/ui_app.py,
+    '#script_txt2img_omost_omost_' in a WebUI (Script.elem_id). Waits end after `wait_ms` (a hung test only)."""
+
+    def __init__(self, page, prefix: str = '#txt2img_omost_', wait_ms: int = 120000):
+        self.page, self.prefix, self.wait_ms = page, prefix, wait_ms
+
+    def field(self, name):
+        return self.page.locator(f'{self.prefix}{name} textarea, {self.prefix}{name} input').first
+
+    def text(self, name) -> str:
+        return self.page.locator(f'{self.prefix}{name}').first.inner_text()
+
+    def click(self, name):
+        self.page.click(f'{self.prefix}{name}')
+
+    def wait_text(self, name, text, present=True):
+        self.page.wait_for_function('([sel, text, present]) => document.querySelector(sel).innerText.includes(text)'
+                                    ' === present', arg=[f'{self.prefix}{name}', text, present], timeout=self.wait_ms)
+
+    def wait_event(self, event):
+        """Wait for a server-side threading.Event, letting the page run meanwhile."""
+        deadline = time.monotonic() + self.wait_ms / 1000
+        while not event.is_set():
+            assert time.monotonic() < deadline, 'the LLM server never got that far'
+            self.page.wait_for_timeout(100)
+
+    def send(self, message):
+        box = self.field('input')
+        box.fill(message)
+        box.press('Enter')
+
+    def wait_reply_begun(self, message):
+        """After sending `message` to a fresh chat: wait until the chat shows some of the reply as well."""
+        self.page.wait_for_function('([sel, n]) => document.querySelector(sel).innerText.length > n',
+                                    arg=[f'{self.prefix}chat', len(message) + 5], timeout=self.wait_ms)
+
+    def editor_canvas(self):
+        """The canvas the Python side last sent to the region editor."""
+        state = self.page.evaluate('sel => document.querySelector(sel).value',
+                                   f'{self.prefix}editor_state textarea, {self.prefix}editor_state input')
+        return json.loads(state)['canvas']
+
+    def boxes(self) -> int:
+        return self.page.locator(f'{self.prefix}editor .omost-ed-box').count()
+
+    def wait_boxes(self, n):
+        self.page.wait_for_function('([sel, n]) => document.querySelectorAll(sel).length === n',
+                                    arg=[f'{self.prefix}editor .omost-ed-box', n], timeout=self.wait_ms)
+
+    def use_local_model(self, folder, max_new_tokens):
+        """LLM settings: the in-process (transformers) backend with the model in `folder`."""
+        choose_backend(self.page, 'local', self.prefix)
+        box = self.field('local_model')
+        box.wait_for(state='visible', timeout=self.wait_ms)
+        box.click()
+        box.fill(folder)
+        box.press('Enter')
+        box.press('Tab')
+        box = self.page.locator(f'{self.prefix}max_new_tokens input[type=number]').first
+        box.fill(str(max_new_tokens))
+        box.press('Tab')
+
+
+def choose_backend(page, kind: str, prefix: str = '#txt2img_omost_'):
+    """Open the LLM settings and pick the backend `kind` ('server', 'local', 'gguf') from the dropdown."""
+    label = page.locator(f'{prefix}llm_settings .label-wrap').first
+    if 'open' not in (label.get_attribute('class') or ''):
+        label.click()
+    page.locator(f'{prefix}backend input').first.click()
+    page.locator(f'{prefix}backend ul.options li', has_text=kind).first.click()
 
 
 def check_app(gradio_version: str) -> dict:

@@ -152,8 +152,8 @@ def stream_reply(backend, conv: Conversation, message: str, params: ChatParams |
                 exact_tokens = update.tokens_exact = True
                 update.tokens = value
                 continue
-            elif kind == 'notice':
-                update.notice = value
+            elif kind == 'notice':  # an empty one ends the backend's notice (e.g. its wait for another reply)
+                update.notice = value or (notices[0] if notices else None)
             elif kind == 'usage':
                 update.prompt_tokens = value.get('prompt_tokens') or update.prompt_tokens
                 if isinstance(value.get('completion_tokens'), int) and value['completion_tokens'] > 0:

@@ -63,8 +63,14 @@ class TokenStreamer:
     def __init__(self):
         self.ids = []
         self.prompt_seen = False
+        self.waiting = False  # the model is writing another chat's reply; this one starts after it
         self.ended = threading.Event()
         self._cond = threading.Condition()
+
+    def set_waiting(self, waiting: bool):
+        with self._cond:
+            self.waiting = waiting
+            self._cond.notify()
 
     def add(self, ids):
         with self._cond:
@@ -82,11 +88,12 @@ class TokenStreamer:
             self.ended.set()
             self._cond.notify()
 
-    def wait(self, seen: int) -> tuple:
-        """Block until there are more than `seen` ids or the end; returns (ids so far, ended)."""
+    def wait(self, seen: int, waiting: bool = False) -> tuple:
+        """Block until there are more than `seen` ids, the end, or `waiting` changed; returns (ids so far, ended,
+        waiting)."""
         with self._cond:
-            self._cond.wait_for(lambda: len(self.ids) > seen or self.ended.is_set())
-            return list(self.ids), self.ended.is_set()
+            self._cond.wait_for(lambda: len(self.ids) > seen or self.ended.is_set() or self.waiting != waiting)
+            return list(self.ids), self.ended.is_set(), self.waiting
 
 
 class IncrementalDecoder:
@@ -225,6 +232,9 @@ def decode_greedy(ids: list, first_logits, step, rollback, argmax, is_end, emit,
             rollback(len(ids))  # the rejected drafts leave the model's state; `token` is evaluated next
 
 
+WAITING_NOTICE = 'Waiting for another reply to finish (the in-process model writes one reply at a time)...'
+
+
 def one_line(e: Exception) -> str:
     return ' '.join(str(e).split())[:300] or type(e).__name__
 
@@ -282,11 +292,18 @@ class InProcessBackend:
 
     # -- engine interface ----------------------------------------------------------------------------------------
 
+    @property
+    def busy(self) -> bool:
+        """Loading, or writing a reply (another chat's reply waits for it)."""
+        return self._lock.locked()
+
     def prompt_ids(self, messages: list) -> list:
-        """The chat template's prompt ids; the last result is kept (the engine counts, then streams)."""
+        """The chat template's prompt ids; the last result is kept (the engine counts, then streams). Read once:
+        another session's chat may replace it meanwhile, and must never hand this one its prompt."""
         key = json.dumps(messages, ensure_ascii=False)
-        if self._encoded is not None and self._encoded[0] == key:
-            return self._encoded[1]
+        encoded = self._encoded
+        if encoded is not None and encoded[0] == key:
+            return encoded[1]
         ids = [int(i) for i in self._tokenize(messages)]
         self._encoded = (key, ids)
         return ids
@@ -325,9 +342,17 @@ class InProcessBackend:
 
         def run():
             try:
-                with self._lock:
+                if not self._lock.acquire(blocking=False):  # another chat's reply: say so, then queue behind it
+                    streamer.set_waiting(True)
+                    while not self._lock.acquire(timeout=0.1):
+                        if criterion():  # Stop while waiting (or the consumer left): never start
+                            return
+                try:
+                    streamer.set_waiting(False)
                     if not abort.is_set():
                         job()
+                finally:
+                    self._lock.release()
             except Exception as e:  # noqa: BLE001 - reported to the user by the consuming thread
                 failure.append(e)
             finally:
@@ -336,9 +361,14 @@ class InProcessBackend:
         thread = threading.Thread(target=run, name='omost-llm-generate', daemon=True)
         thread.start()
         try:
-            decoder, ended, out = self._decoder(handle), False, []
+            decoder, ended, out, waiting = self._decoder(handle), False, [], False
             while not ended:
-                out, ended = streamer.wait(len(out))
+                was_waiting, seen = waiting, len(out)
+                out, ended, waiting = streamer.wait(seen, waiting)
+                if waiting != was_waiting:
+                    yield 'notice', WAITING_NOTICE if waiting else ''
+                if len(out) == seen and not ended:
+                    continue  # only the wait began or ended (no token yet: the rate counts from the first)
                 text = decoder.delta(out, final=ended)
                 yield 'tokens', len(out)
                 if text:

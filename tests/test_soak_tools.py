@@ -1,0 +1,49 @@
+"""The soak benchmark's own measuring tools (tests/e2e/soak.py): memory of a process with its children, and the
+console log's tracebacks since a given byte, the ones mentioning the extension picked out."""
+
+import os
+import subprocess
+import sys
+
+from tests.e2e import soak
+
+
+def own_rss() -> int:
+    with open('/proc/self/status', encoding='utf-8') as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmRSS:'))
+
+
+def test_rss_counts_the_children():
+    child = subprocess.Popen([sys.executable, '-c', 'import time; b = bytearray(200 * 2**20); b[::4096] = b"x" * '
+                              'len(b[::4096]); print(1, flush=True); time.sleep(60)'], stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()  # its 200 MB are touched
+        assert child.pid in soak._children(os.getpid())
+        assert soak.rss_bytes(child.pid) >= 200 * 2**20
+        assert soak.rss_bytes(os.getpid()) - own_rss() >= 190 * 2**20  # the parent's figure includes the child
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_tracebacks_since_the_start_and_which_mention_omost(tmp_path):
+    log = tmp_path / 'webui.log'
+    old = 'Traceback (most recent call last):\n  File "x/omost.py", line 1\nValueError: before the run\n'
+    log.write_text(old)
+    start = log.stat().st_size
+    with open(log, 'a') as f:
+        f.write('[Omost] a refusal, one line\n'
+                '*** Error running process: x\n'
+                'Traceback (most recent call last):\n'
+                '  File "extensions/sd-webui-omost/omost_webui/generation.py", line 3, in process\n'
+                '    raise KeyError\n'
+                'KeyError: 1\n'
+                'Loading weights\n'
+                'Traceback (most recent call last):\n'
+                '  File "modules/processing.py", line 9, in run\n'
+                'RuntimeError: the host\'s own\n')
+    blocks = soak.tracebacks(str(log), start)
+    assert len(blocks) == 2 and 'before the run' not in ''.join(blocks)
+    assert blocks[0].endswith('KeyError: 1') and blocks[1].endswith("RuntimeError: the host's own")
+    assert [b for b in blocks if 'omost' in b.lower()] == [blocks[0]]
+    assert soak.tracebacks(str(tmp_path / 'missing.log'), 0) == []

@@ -126,6 +126,29 @@ class WebUI:
     def interrupt(self):
         return self.post('/sdapi/v1/interrupt')
 
+    def txt2img_takes(self, field: str) -> bool:
+        """Whether the host's txt2img API model has `field` (its OpenAPI schema): what the host offers, asked of the
+        host rather than told by its name."""
+        if not hasattr(self, '_txt2img_fields'):
+            status, schema = self.get('/openapi.json')
+            assert status == 200, (status, str(schema)[:300])
+            models = schema.get('components', {}).get('schemas', {})
+            self._txt2img_fields = set()
+            for name, model in models.items():
+                if 'txt2img' in name.lower():
+                    self._txt2img_fields |= set(model.get('properties', {}))
+        return field in self._txt2img_fields
+
+    def hires_extras(self) -> dict:
+        """What a hires job needs besides enable_hr: Forge and Neo refuse one through the API without
+        `hr_additional_modules` (processing.py: sample), with or without Omost; the other hosts lack the field."""
+        return {'hr_additional_modules': ['Use same choices']} if self.txt2img_takes('hr_additional_modules') else {}
+
+    def controlnet_modules(self) -> list:
+        """/controlnet/module_list of the host's ControlNet (Forge's built-in one or sd-webui-controlnet)."""
+        status, body = self.get('/controlnet/module_list')
+        return body.get('module_list', []) if status == 200 and isinstance(body, dict) else []
+
     # settings and models
 
     def options(self) -> dict:

@@ -1,12 +1,13 @@
-"""End-to-end tests against a running WebUI (A1111 1.10.1 or Forge) over its HTTP API.
+"""End-to-end tests against a running WebUI (A1111 1.10.1, Forge, Forge Neo, Forge Classic, reForge) over its HTTP API.
 
 Skipped unless OMOST_E2E_URL names the WebUI (started with --api and this checkout as its sd-webui-omost
 extension), so the main test run stays self-contained:
 
     OMOST_E2E_URL=http://127.0.0.1:7860 .venv/bin/python -m pytest -q tests/e2e
 
-OMOST_E2E_HOST ('forge' or 'a1111') and OMOST_E2E_CKPT (the checkpoint file the WebUI runs, default
-random-sd15.safetensors) say what is on the other end; /work/hosts/with_host.sh sets all three. OMOST_E2E_SIZE
+OMOST_E2E_HOST (a1111, forge, neo, classic or reforge) and OMOST_E2E_CKPT (the checkpoint file the WebUI runs,
+default random-sd15.safetensors) say what is on the other end; `tests/e2e/hosts/host.sh HOST test` runs the
+suite with these and the optional ones the tests name. OMOST_E2E_SIZE
 (default 64) is the image side of the small jobs, OMOST_E2E_LOG a file that gets one JSON line per request
 (status, seconds, pixel hashes: evidence for a report).
 
@@ -46,7 +47,8 @@ def webui() -> WebUI:
 
 @pytest.fixture(scope='session')
 def host() -> str:
-    """'forge' or 'a1111' (OMOST_E2E_HOST), else guessed from the settings (Forge adds its `forge_*` ones)."""
+    """OMOST_E2E_HOST, else 'forge' or 'a1111' guessed from the settings (Forge adds its `forge_*` ones). Tests that
+    differ per host ask the host what it has (its API schema, its lists), not this name."""
     return HOST or ('forge' if 'forge_preset' in WebUI(URL).options() else 'a1111')
 
 

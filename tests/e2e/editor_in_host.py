@@ -1,8 +1,9 @@
-"""The region editor in a real WebUI (A1111 1.10.1 or Forge), in Chromium: chat with a fake LLM, watch the regions
-arrive, edit them, generate, then PNG Info -> Send to txt2img -> generate again. Screenshots and a JSON summary go
-to OUT. Run it inside /work/hosts/with_host.sh (it reads OMOST_E2E_URL and OMOST_E2E_HOST):
+"""The region editor in a real WebUI (any host tests/e2e/hosts/host.sh builds), in Chromium: chat with a loopback
+LLM server streaming the dragon canvas (tests/ui_helpers.py: canvas_server), watch the regions arrive, edit them,
+generate, then PNG Info -> Send to txt2img -> generate again. Screenshots and a JSON summary go to OUT (argument,
+else OMOST_E2E_EVIDENCE). It reads OMOST_E2E_URL and OMOST_E2E_HOST (a name for the files):
 
-    /work/hosts/with_host.sh forge . -- .venv/bin/python tests/e2e/editor_in_host.py /work/hosts/evidence/editor
+    OMOST_E2E_URL=http://127.0.0.1:7873 OMOST_E2E_HOST=neo .venv/bin/python tests/e2e/editor_in_host.py OUT
 
 Not a pytest test (it drives the shared host's browser UI for a minute and writes evidence files).
 """
@@ -11,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -23,13 +23,12 @@ from PIL import Image  # noqa: E402
 
 from lib_omost import layout  # noqa: E402
 from lib_omost.canvas import load_canvas  # noqa: E402
-from ui_helpers import CHROMIUM, CHROMIUM_ARGS, free_port  # noqa: E402
+from ui_helpers import CHROMIUM, CHROMIUM_ARGS, canvas_reply, canvas_server  # noqa: E402
 
 URL = os.environ['OMOST_E2E_URL'].rstrip('/')
 HOST = os.environ.get('OMOST_E2E_HOST', 'host')
-OUT = sys.argv[1] if len(sys.argv) > 1 else '/work/hosts/evidence/editor'
+OUT = sys.argv[1] if len(sys.argv) > 1 else os.environ.get('OMOST_E2E_EVIDENCE', '')
 P = '#script_txt2img_omost_omost_'  # Script.elem_id: script_{tab}_{title}_{name}
-FAKE_LLM = '/work/shared/harness/tools/fake_llm.py'
 WAIT = 120_000
 
 
@@ -62,14 +61,15 @@ def generate(page, before):
 
 
 def main():
+    if not OUT:
+        sys.exit('usage: editor_in_host.py OUT (or set OMOST_E2E_EVIDENCE)')
     os.makedirs(OUT, exist_ok=True)
     from playwright.sync_api import sync_playwright
-    port = free_port()
-    llm = subprocess.Popen([sys.executable, FAKE_LLM, '--canvas', os.path.join(ROOT, 'tests', 'fixtures',
-                                                                              'dragon_battle.canvas.py'),
-                            '--port', str(port), '--chunks', '40', '--seconds', '8'],
-                           stdout=subprocess.DEVNULL, stderr=open(os.path.join(OUT, f'{HOST}_fake_llm.log'), 'w'))
+    with open(os.path.join(ROOT, 'tests', 'fixtures', 'dragon_battle.canvas.py'), encoding='utf-8') as f:
+        reply = canvas_reply(f.read())
     summary = {'host': HOST}
+    # 40 pieces 0.2 s apart: the regions arrive while the reply streams (the 'live' screenshot)
+    llm = canvas_server(reply, chunks=40, delay=0.2).__enter__()
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -86,7 +86,7 @@ def main():
             page.locator('#script_txt2img_omost_omost .label-wrap').first.click()
             page.wait_for_selector(f'{P}editor .omost-ed-stage', timeout=WAIT)
             page.locator(f'{P}llm_settings .label-wrap').first.click()
-            field(page, 'script_txt2img_omost_omost_server_url').fill(f'http://127.0.0.1:{port}/v1')
+            field(page, 'script_txt2img_omost_omost_server_url').fill(f'{llm.url}/v1')
             page.locator(f'{P}llm_settings .label-wrap').first.click()
             page.locator(f'{P}editor').first.scroll_into_view_if_needed()
             shot(page, 'empty', f'#script_txt2img_omost_omost')
@@ -179,8 +179,7 @@ def main():
             shot(page, 'guidance', f'{P}guidance')
             browser.close()
     finally:
-        llm.terminate()
-        llm.wait(10)
+        llm.__exit__(None, None, None)
         with open(os.path.join(OUT, f'{HOST}_summary.json'), 'w') as f:
             json.dump(summary, f, indent=2)
         print(json.dumps({k: v for k, v in summary.items() if k != 'infotext'}, indent=2))

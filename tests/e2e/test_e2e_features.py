@@ -9,18 +9,15 @@ import pytest
 from .client import b64_png, omost_args
 
 
-def _hires(host):
-    extra = {'enable_hr': True, 'hr_scale': 2, 'hr_upscaler': 'Latent', 'denoising_strength': 0.5,
-             'hr_second_pass_steps': 2}
-    if host == 'forge':  # Forge refuses a hires job through the API without it (with or without Omost)
-        extra['hr_additional_modules'] = ['Use same choices']
-    return extra
+def _hires(webui):
+    return {'enable_hr': True, 'hr_scale': 2, 'hr_upscaler': 'Latent', 'denoising_strength': 0.5,
+            'hr_second_pass_steps': 2, **webui.hires_extras()}
 
 
-def test_hires_fix(webui, job, canvas, host):
-    plain = webui.txt2img(job(**_hires(host))).ok()
-    both = webui.txt2img(job(**_hires(host), alwayson_scripts=omost_args(canvas))).ok()
-    first_only = webui.txt2img(job(**_hires(host), alwayson_scripts=omost_args(canvas, {'hires': False}))).ok()
+def test_hires_fix(webui, job, canvas):
+    plain = webui.txt2img(job(**_hires(webui))).ok()
+    both = webui.txt2img(job(**_hires(webui), alwayson_scripts=omost_args(canvas))).ok()
+    first_only = webui.txt2img(job(**_hires(webui), alwayson_scripts=omost_args(canvas, {'hires': False}))).ok()
     assert len({plain.pixels[0], both.pixels[0], first_only.pixels[0]}) == 3  # the hires pass got regions too
     assert 'Hires upscale: 2' in both.infotexts[0] and 'Omost: "' in both.infotexts[0]
     assert '"hires":false' in first_only.infotexts[0].replace(' ', '').replace('\\', '')
@@ -72,7 +69,7 @@ def test_lora(webui, job, canvas, reference, sdxl):
     assert name in both.infotexts[0].split('\n')[-1]  # the host recorded the LoRA it applied
 
 
-def _controlnet_unit(webui, host):
+def _controlnet_unit(webui):
     from PIL import Image, ImageDraw
     status, body = webui.get('/controlnet/model_list')
     if status != 200:
@@ -84,15 +81,16 @@ def _controlnet_unit(webui, host):
     draw = ImageDraw.Draw(edges)
     draw.rectangle((8, 8, 40, 56), outline='white', width=2)
     draw.line((0, 63, 63, 0), fill='white', width=2)
-    return {'enabled': True, 'module': 'None' if host == 'forge' else 'none', 'model': models[0], 'weight': 1.0,
+    module = 'None' if 'None' in webui.controlnet_modules() else 'none'  # Forge-style built-in / sd-webui-controlnet
+    return {'enabled': True, 'module': module, 'model': models[0], 'weight': 1.0,
             'image': b64_png(edges), 'resize_mode': 'Crop and Resize', 'pixel_perfect': False,
             'processor_res': 64, 'guidance_start': 0.0, 'guidance_end': 1.0, 'control_mode': 'Balanced'}
 
 
-def test_controlnet(webui, job, canvas, host, sdxl, reference):
+def test_controlnet(webui, job, canvas, sdxl, reference):
     if sdxl:
         pytest.skip('the random ControlNet is an SD1.5 model')
-    unit = _controlnet_unit(webui, host)
+    unit = _controlnet_unit(webui)
     cn = {'ControlNet': {'args': [unit]}}
     cn_alone = webui.txt2img(job(alwayson_scripts=cn)).ok()
     omost_alone = reference('omost')

@@ -42,7 +42,7 @@ def _controlnet_models(webui):
         time.sleep(2)
 
 
-def _ip_adapter_unit(webui, host, sdxl):
+def _ip_adapter_unit(webui, sdxl):
     status, body = _controlnet_models(webui)
     if status != 200:
         pytest.skip(f'no ControlNet in this WebUI (/controlnet/model_list: HTTP {status})')
@@ -50,8 +50,9 @@ def _ip_adapter_unit(webui, host, sdxl):
     models = [m for m in body['model_list'] if name in m]
     if not models:
         pytest.skip(f'no {name} (run tests/e2e/make_ipadapter_models.py): {body["model_list"]}')
-    if host == 'forge':
-        module = 'CLIP-ViT-H (IPAdapter)'  # sd_forge_ipadapter's preprocessor (models/ControlNetPreprocessor)
+    if 'CLIP-ViT-H (IPAdapter)' in webui.controlnet_modules():
+        # sd_forge_ipadapter's preprocessor (models/ControlNetPreprocessor): Forge, Neo, Classic, reForge
+        module = 'CLIP-ViT-H (IPAdapter)'
     else:  # sd-webui-controlnet's ViT-H preprocessors (annotator/downloads/clip_vision/clip_h.pth)
         module = 'ip-adapter_clip_sdxl_plus_vith' if sdxl else 'ip-adapter_clip_sd15'
     return {'enabled': True, 'module': module, 'model': models[0], 'weight': 1.0, 'image': _reference_image(),
@@ -77,7 +78,7 @@ def _evidence(name, **record):
 
 
 def test_regions_and_image_prompt_together(webui, job, canvas, host, sdxl):
-    unit = _ip_adapter_unit(webui, host, sdxl)
+    unit = _ip_adapter_unit(webui, sdxl)
     order = _patch_order(webui)
     expected = os.environ.get('OMOST_E2E_ORDER')
     assert expected in (None, '', order), f'scripts load {order}, expected {expected}'

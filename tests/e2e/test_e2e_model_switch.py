@@ -18,7 +18,7 @@ OTHER = 'random-sd15' if 'xl' in CKPT.lower() else 'random-sdxl'  # the checkpoi
 @pytest.fixture(scope='module')
 def other(webui, ckpt):
     if 'xl' not in CKPT.lower():
-        pytest.skip('loads the SDXL checkpoint: run it in an SDXL call of with_host.sh (it locks both hosts)')
+        pytest.skip('loads the SDXL checkpoint: run it in an SDXL run (OMOST_E2E_CKPT=random-sdxl.safetensors)')
     return webui.model_title(OTHER + '.safetensors')
 
 
@@ -38,11 +38,9 @@ def test_refiner_switch_keeps_the_regions_on_the_refiner(webui, job, canvas, oth
     assert full.pixels != plain.pixels and early.pixels != plain.pixels
 
 
-def test_hires_checkpoint_keeps_the_regions_on_the_hires_model(webui, job, canvas, other, host):
+def test_hires_checkpoint_keeps_the_regions_on_the_hires_model(webui, job, canvas, other):
     hires = dict(enable_hr=True, hr_scale=1.5, hr_upscaler='Latent', hr_second_pass_steps=2,
-                 denoising_strength=0.6, hr_checkpoint_name=other)
-    if host == 'forge':  # Forge's hires pass reads it (processing.py: sample), with or without Omost
-        hires['hr_additional_modules'] = ['Use same choices']
+                 denoising_strength=0.6, hr_checkpoint_name=other, **webui.hires_extras())
     on = webui.txt2img(job(alwayson_scripts=omost_args(canvas, {}), **hires)).ok()
     off = webui.txt2img(job(alwayson_scripts=omost_args(canvas, {'hires': False}), **hires)).ok()
     assert f'{SWITCH_KEY} {OTHER}' in on.infotexts[0], on.infotexts[0]

@@ -297,13 +297,26 @@ def process_before_every_sampling(p, x, c=None):
         regional.set_latent_size(int(x.shape[-2]), int(x.shape[-1]))
         regional.set_image_size(int(x.shape[-2]), int(x.shape[-1]))  # the whole image: other sizes are tiles
         regional.notify = lambda message: note(p, message)
-        job.host.apply_regions(p, job, regional)
+        _apply_regions(p, job, regional)
     else:
         job.host.remove_regions(job)
     if not hr and job.options.sketch and getattr(p, 'firstpass_image', None) is None \
             and getattr(p, 'init_images', None) is None:
         from omost_webui import sketch_start
         sketch_start.seed_first_pass(p, job.canvas, job.options, x)
+
+
+def _apply_regions(p, job, regional):
+    """The host swallows a script hook's exception and samples on: where the regions cannot be put on the model
+    (a fork whose objects are not what its family class expects), the console and the infotext say so, and the
+    exception goes on to the host's error report."""
+    try:
+        job.host.apply_regions(p, job, regional)
+    except Exception as e:
+        job.current = None
+        note(p, f'the regions could not be put on this WebUI\'s model ({type(e).__name__}: {e}); this pass ran '
+                'without them')
+        raise
 
 
 def on_cfg_denoiser(params):
@@ -361,7 +374,7 @@ def _follow_model(job) -> bool:
         job.current = None
         return False
     job.current.clear_plans()  # new plans for the new model's layers
-    job.host.apply_regions(p, job, job.current)
+    _apply_regions(p, job, job.current)
     job.check_length = True
     note(p, f'regions continued on {title}')
     return True

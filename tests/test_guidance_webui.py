@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from guidance_helpers import b64, guide_image, save_tower, tiny_tower
-from webui_helpers import SMALL, A1111Model, ForgeModel, ForgeTinyUNet, Rig, images_equal, omost, tiny_ldm_unet
+from webui_helpers import (SMALL, A1111Model, ForgeClassicModel, ForgeModel, ForgeTinyUNet, Rig, images_equal, omost,
+                           tiny_ldm_unet)
 
 CHUNK = 77
 
@@ -58,6 +59,8 @@ def conds():
 RIGS = {
     'a1111': lambda: Rig(A1111Model(tiny_ldm_unet(context_dim=768), text_dim=768)),
     'forge': lambda: Rig(ForgeModel(ForgeTinyUNet(context_dim=768), text_dim=768)),
+    'forge-classic': lambda: Rig(ForgeClassicModel(ForgeTinyUNet(context_dim=768, family='forge-classic'),
+                                                   text_dim=768)),
 }
 
 

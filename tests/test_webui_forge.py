@@ -174,6 +174,9 @@ def test_rows_and_steps_without_regions_run_the_hosts_attention_function(rig, ho
     # one joint [uncond, cond] call per step (lengths 77 and 231 tile to 231), 3 attn2 layers per call
     assert [rows for rows, _, _ in calls] == [2, 2, 2, 1, 1, 1]
     assert other == []
+    if host == 'forge-classic':  # with the layer's attn_precision, as reForge's CrossAttention.forward passes it
+        from ldm_patched.ldm.modules import attention
+        assert attention.precisions[-6:] == [torch.float32] * 6
 
 
 def test_model_without_attn2_is_left_alone(rig, host):

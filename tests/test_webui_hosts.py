@@ -243,3 +243,24 @@ def test_neo_patch_objects_of_the_base_are_never_extended():
     assert work.model_options['transformer_options']['patches_replace']['attn2'][('input', 1, 0)].previous.weights \
         == [0.5, 1.0]
     assert base.model_options['transformer_options']['patches_replace']['attn2'] == {('input', 1, 0): theirs}
+
+
+def test_regions_that_cannot_be_put_on_the_model_are_said_to_be_missing():
+    """A fork whose UnetPatcher is not what its family class expects (here clone() fails): the host swallows the
+    hook's exception and samples on, so the console, the host's error report and the infotext say it."""
+    from modules import errors
+
+    class BrokenPatcher(type(ForgeModel(nn.Identity()).forge_objects.unet)):
+        def clone(self):
+            raise RuntimeError('this fork clones differently')
+
+    rig = Rig(ForgeModel(ForgeTinyUNet()))
+    for objects in (rig.model.forge_objects, rig.model.forge_objects_original,
+                    rig.model.forge_objects_after_applying_lora):
+        objects.unet = BrokenPatcher(rig.model.kmodel)
+    errors.reported.clear()
+    _, res = rig.generate(omost())
+    assert "the regions could not be put on this WebUI's model (RuntimeError: this fork clones differently)" \
+        in res.infotexts[0]
+    assert any('process_before_every_sampling' in r for r in map(str, errors.reported))
+    assert images_equal(res, rig.generate(omost(regions=False))[1])  # what it says: the bags, no regions

@@ -304,6 +304,9 @@ class ForgeCrossAttention(nn.Module):
     def __init__(self, dim, context_dim, heads, dim_head, family='forge'):
         super().__init__()
         self.heads, self.dim_head, self.family = heads, dim_head, family
+        # reForge's layers carry a precision (ldm_patched/ldm/modules/attention.py CrossAttention.__init__
+        # attn_precision; float32 for models that need upcasting): the stub gives the family's layers float32
+        self.attn_precision = torch.float32 if family == 'forge-classic' else None
         inner = heads * dim_head
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_k = nn.Linear(context_dim, inner, bias=False)
@@ -312,9 +315,10 @@ class ForgeCrossAttention(nn.Module):
 
     def attention(self, q, k, v):
         if self.family == 'forge-classic':
-            # ldm_patched/ldm/modules/attention.py CrossAttention.forward: `optimized_attention(q, k, v, self.heads)`
+            # ldm_patched/ldm/modules/attention.py CrossAttention.forward (reForge):
+            # `optimized_attention(q, k, v, self.heads, attn_precision=self.attn_precision)`
             from ldm_patched.ldm.modules import attention
-            return attention.optimized_attention(q, k, v, self.heads)
+            return attention.optimized_attention(q, k, v, self.heads, attn_precision=self.attn_precision)
         # backend/nn/unet.py CrossAttention.forward: `out = attention_function(q, k, v, self.heads, mask)`
         from backend import attention
         return attention.attention_function(q, k, v, self.heads)
@@ -337,6 +341,8 @@ class ForgeTransformerBlock(nn.Module):
         patches = transformer_options.get('patches', {})
         replace = transformer_options.get('patches_replace', {}).get('attn2', {})
         extra_options['n_heads'], extra_options['dim_head'] = self.n_heads, self.d_head
+        if self.attn2.attn_precision is not None:  # reForge BasicTransformerBlock.forward sets "attn_precision"
+            extra_options['attn_precision'] = self.attn2.attn_precision
         block = transformer_options.get('block')
         key = (block[0], block[1], transformer_options.get('block_index', 0))
         n = self.norm2(x)

@@ -62,6 +62,7 @@ class RegionalAttn2Patch:
         self.regional = regional
         self.previous = previous
         self._owns_previous = False  # `previous` came from the source patcher (shared with it in Neo)
+        self._host_kwargs = {}       # what the host's attention gets besides q, k, v, heads in the running call
         self.attention = attention or sdpa
 
     def __deepcopy__(self, memo):
@@ -97,13 +98,19 @@ class RegionalAttn2Patch:
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options['n_heads']
+        # reForge's block passes its layer's precision to the attention (ldm_patched/ldm/modules/attention.py
+        # BasicTransformerBlock.forward: extra_options["attn_precision"]; CrossAttention.forward:
+        # `optimized_attention(..., attn_precision=self.attn_precision)`, which upcasts in basic / split / sub-quad):
+        # the plain attention here gets it too. The other hosts set none.
+        self._host_kwargs = {'attn_precision': extra_options['attn_precision']} \
+            if 'attn_precision' in extra_options else {}
         batch, pixels = q.shape[0], q.shape[1]
         shape = extra_options.get('original_shape')
         if shape is not None:
             self.regional.set_latent_size(int(shape[2]), int(shape[3]))
         rows = cond_rows(extra_options, batch)
         if self.previous is None and (not rows or not self.regional.active):  # nothing regional in this call
-            return self.attention(q, k, v, heads)
+            return self.attention(q, k, v, heads, **self._host_kwargs)
         qh, kh, vh = (t.reshape(batch, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
         if self.previous is not None:
             return self._on_top_of_previous(q, k, v, qh, kh, vh, rows, extra_options)
@@ -127,7 +134,7 @@ class RegionalAttn2Patch:
         """The host's attention on (B, heads, N, d) tensors (regional() works in that layout)."""
         b, heads = q.shape[0], q.shape[1]
         merged = (t.transpose(1, 2).reshape(b, t.shape[2], -1) for t in (q, k, v))
-        out = self.attention(*merged, heads)
+        out = self.attention(*merged, heads, **self._host_kwargs)
         return out.reshape(b, out.shape[1], heads, -1).transpose(1, 2)
 
 

@@ -5,13 +5,16 @@ set_model_patch, which writes into the patcher's own transformer_options)."""
 import torch
 
 
-def logging_attention_pytorch(calls):
+def logging_attention_pytorch(calls, precisions=None):
     """attention_pytorch(q, k, v, heads, mask=None, ...) on (B, N, heads * dim_head) tensors, appending
-    (batch rows, query length, key length) of every call to `calls`, so tests see what went through it."""
+    (batch rows, query length, key length) of every call to `calls` (and its attn_precision to `precisions`), so
+    tests see what went through it."""
 
     def attention_pytorch(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
                           skip_output_reshape=False):
         calls.append((q.shape[0], q.shape[-2], k.shape[-2]))
+        if precisions is not None:
+            precisions.append(attn_precision)
         if skip_reshape:
             b, _, _, dim_head = q.shape
         else:

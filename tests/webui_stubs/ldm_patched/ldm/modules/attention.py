@@ -6,6 +6,7 @@ from backend/attention.py's, so a host class that picked the other family's func
 from comfy_common import logging_attention_pytorch
 
 calls = []  # (batch rows, query length, key length) of every call
-attention_pytorch = logging_attention_pytorch(calls)
+precisions = []  # the attn_precision of every call (reForge passes the layer's)
+attention_pytorch = logging_attention_pytorch(calls, precisions)
 optimized_attention = attention_pytorch
 optimized_attention_masked = optimized_attention

@@ -37,7 +37,11 @@ def cmd_sketch(args) -> int:
         image = sketch.overlay_preview(canvas, args.width, args.height)
     else:
         image = sketch.sketch_image(canvas, args.width, args.height, blur=args.blur)
-    image.save(args.output)
+    import io
+    from lib_omost.atomic import write_atomic
+    png = io.BytesIO()
+    image.save(png, format='PNG')
+    write_atomic(args.output, png.getvalue())
     print(args.output)
     return 0
 

@@ -26,6 +26,7 @@ from lib_omost.options import check_value
 
 MAX_GUIDES = 8
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
+MAX_IMAGE_PIXELS = 40 * 10**6  # an 8K photo fits (33 MP); its RGB copy is at most 120 MB
 _RANGES = {'linear_start': (-1.0, 1.0), 'linear_end': (-1.0, 1.0), 'clustered': (-1.0, 1.0),
            'threshold_floor': (0.0, 1.0), 'threshold_mult': (-1.0, 1.0), 'max_guidance': (0.0, 1.0),
            'header_max': (0.0, 1.0)}
@@ -70,9 +71,16 @@ def decode_image(value: str, where: str):
         raise CanvasError(f'{where}: the image is over {MAX_IMAGE_BYTES // 2**20} MB')
     try:
         data = base64.b64decode(text, validate=False)
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))  # reads the header only: the size is known before any pixel
+        if image.width * image.height > MAX_IMAGE_PIXELS:  # a few KB of PNG can claim gigabytes of pixels
+            raise CanvasError(f'{where}: the image is {image.width}x{image.height} pixels; the limit is '
+                              f'{MAX_IMAGE_PIXELS // 10**6} megapixels')
         image.load()
+    except Image.DecompressionBombError as e:  # PIL's own refusal at open, of more than 2 x its warning size
+        raise CanvasError(f'{where}: the image is too large ({e})') from None
     except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as e:
+        if isinstance(e, CanvasError):
+            raise
         raise CanvasError(f'{where}: the image is not a base64 PNG/JPEG/WebP ({e})') from None
     return image.convert('RGB')
 

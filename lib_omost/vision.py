@@ -165,10 +165,14 @@ def download(url: str, dest: str, progress=None, chunk: int = 1 << 20) -> str:
                     progress(f'Downloading {os.path.basename(dest)}: {done / 1e6:.0f}{size}')
     except OSError as e:
         raise VisionError(f'could not download {url}: {e}') from None
+    if total and done < total:  # the connection ended early without an error
+        os.remove(part)
+        raise VisionError(f'could not download {url}: it stopped at {done} of {total} bytes')
     if not _is_tower(part):
         os.remove(part)
         raise VisionError(f'{url} is not a CLIP vision tower in safetensors format')
-    os.replace(part, dest)
+    from lib_omost.atomic import replace_durably
+    replace_durably(part, dest)
     return dest
 
 

@@ -163,21 +163,30 @@ def _presets_text() -> str:
 
 def save_presets_text():
     """Settings `onchange`: validate the edited presets and write them to the presets file (the file is what
-    generation reads). Invalid presets raise: the WebUI shows the message and keeps the old setting and file."""
+    generation reads). Invalid presets, or a file that cannot be written (read-only folder, full disk), raise: the
+    WebUI shows the message and keeps the old setting, and the old file is untouched (lib_omost/atomic.py)."""
+    from lib_omost.atomic import discard, replace_durably, temp_beside
     from lib_omost.canvas import CanvasError
     from lib_omost.presets import load_presets
     text = get('omost_presets_json', '') or ''
     path = presets_path()
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    candidate = path + '.new'
-    with open(candidate, 'w', encoding='utf-8') as f:
-        f.write(text)
+    candidate = None
     try:
-        load_presets(candidate)
-    except CanvasError as e:
-        os.remove(candidate)
-        raise CanvasError(f'tag presets not saved: {e}'.replace(candidate, path)) from None
-    os.replace(candidate, path)
+        candidate = temp_beside(path, '.new')
+        with open(candidate, 'w', encoding='utf-8') as f:
+            f.write(text)
+        try:
+            load_presets(candidate)
+        except CanvasError as e:
+            raise CanvasError(f'tag presets not saved: {e}'.replace(candidate, path)) from None
+        replace_durably(candidate, path)
+    except OSError as e:
+        error = OSError(f'tag presets not saved: cannot write {path} ({e.strerror or e}); the file is as it was')
+        error.errno = e.errno
+        raise error from None
+    finally:
+        if candidate is not None and os.path.exists(candidate):
+            discard(candidate)
 
 
 def hide_api_key():

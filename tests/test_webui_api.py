@@ -409,6 +409,25 @@ def test_the_presets_text_is_never_written_outside_the_data_folder(omost_setting
     assert settings.presets_path() == str(default)
 
 
+@pytest.mark.parametrize('fault', ['read-only folder', 'disk full on write', 'disk full on flush'])
+def test_presets_that_cannot_be_written_say_so_and_keep_the_old_file(omost_settings, tmp_path, capsys,
+                                                                     monkeypatch, fault):
+    from omost_webui import settings
+    from test_faults import FAULTS, inject
+    first = settings.EXAMPLE_PRESETS.replace('my-anime', 'my-style')
+    assert omost_settings.set('omost_presets_json', first)
+    path = tmp_path / 'data' / 'omost' / 'presets.json'
+    inject(monkeypatch, *FAULTS[fault], path.parent)
+    changed = omost_settings.set('omost_presets_json', first.replace('my-style', 'my-other-style'))
+    monkeypatch.undo()
+    code = FAULTS[fault][1]
+    assert not changed and omost_settings.data['omost_presets_json'] == first  # the host kept the old setting
+    assert path.read_text() == first and os.listdir(path.parent) == ['presets.json']  # and the old file, alone
+    assert capsys.readouterr().out.splitlines()[-1] == (  # what the host prints (modules/options.py: Options.set)
+        f'*** Error changing setting omost_presets_json: tag presets not saved: cannot write {path} '
+        f'({os.strerror(code)}); the file is as it was')
+
+
 def test_a_models_folder_from_the_command_line_stays_allowed(omost_settings, tmp_path):
     from modules import shared
     from omost_webui import settings

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 
+from lib_omost.atomic import write_atomic
+
 FORMAT = 'omost-llm-reply'
+STALE_TEMP_S = 600
 
 
 class ResponseCache:
@@ -43,17 +45,8 @@ class ResponseCache:
         return data['reply']
 
     def put(self, key: str, reply: str):
-        os.makedirs(self.folder, exist_ok=True)
         data = {'format': FORMAT, 'created': time.time(), 'reply': reply}
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix='.tmp')
-        try:
-            with os.fdopen(fd, 'w', encoding='utf-8') as f:
-                json.dump(data, f, ensure_ascii=False)
-            os.replace(tmp, self._path(key))  # readers never see half a file
-        except OSError:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        write_atomic(self._path(key), json.dumps(data, ensure_ascii=False))  # readers never see half a file
         self.trim()
 
     def _entries(self) -> list:
@@ -78,6 +71,7 @@ class ResponseCache:
         return len(self._entries())
 
     def trim(self):
+        self._remove_stale_temps()
         entries = self._entries()
         total = sum(size for _, size, _ in entries)
         for _, size, name in entries:  # oldest first
@@ -88,6 +82,21 @@ class ResponseCache:
             except OSError:
                 continue
             total -= size
+
+    def _remove_stale_temps(self, age_s: float = STALE_TEMP_S):
+        """Temporary files of writers that were killed (lib_omost/atomic.py names them .<name>.<random>.tmp); a
+        live writer needs milliseconds, so one older than `age_s` is a leftover."""
+        try:
+            names = [n for n in os.listdir(self.folder) if n.startswith('.') and n.endswith('.tmp')]
+        except OSError:
+            return
+        for name in names:
+            path = os.path.join(self.folder, name)
+            try:
+                if time.time() - os.stat(path).st_mtime > age_s:
+                    os.remove(path)
+            except OSError:
+                continue
 
     def clear(self) -> int:
         """Delete every cached reply; returns how many."""

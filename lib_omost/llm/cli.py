@@ -43,8 +43,8 @@ def write_canvas(reply: str, path: str) -> int:
         return 3
     for w in result.warnings:
         print(f'warning: {w}', file=sys.stderr)
-    with open(path, 'w', encoding='utf-8') as f:
-        f.write(result.canvas.to_code())
+    from lib_omost.atomic import write_atomic
+    write_atomic(path, result.canvas.to_code())
     return 0
 
 

@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 
+from lib_omost.atomic import replace_durably
 from lib_omost.llm.conversation import ChatError
 
 
@@ -297,7 +298,7 @@ def download_file(url: str, dest: str, progress=None, sha256: str | None = None,
         os.remove(part)
         raise ChatError(f'The download of {label} is corrupt ({corrupt}); it was deleted. Run it again to '
                         'download it anew.')
-    os.replace(part, dest)
+    replace_durably(part, dest)
     return dest
 
 

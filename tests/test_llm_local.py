@@ -211,6 +211,57 @@ def test_a1111_transformers_refuses_llama3_with_alternatives(folder, tmp_path):
     assert not (tmp_path / 'omost-phi-3-mini-128k').exists()  # and before any download
 
 
+# The greedy loop (conversation cache + drafts) on a plain tiny Llama, against generate(): transformers 4.30 has no
+# DynamicCache (its cache is tuples, sliced to crop) and no chat templates, so the loop is driven with ids directly.
+CACHE_SCRIPT = r'''
+import threading
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from lib_omost.llm import LocalBackend, ChatParams
+from lib_omost.llm.inprocess import StopOnEvent, TokenStreamer
+import transformers
+torch.manual_seed(0)
+model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=4, vocab_size=300)).eval()
+model.generation_config.eos_token_id = None
+b = LocalBackend('tiny')
+b.model = model
+g = torch.Generator().manual_seed(1)
+base = torch.randint(0, 300, (60,), generator=g).tolist()
+prompt = base + base[:30] + [5, 6, 7]   # something to draft from
+
+def reply(ids, draft, reuse):
+    b.draft, b.reuse_prompt = draft, reuse
+    streamer, stats = TokenStreamer(), {}
+    b._job((model, None), ids, ChatParams(temperature=0, max_new_tokens=40), streamer,
+           StopOnEvent(threading.Event(), threading.Event()), stats)()
+    return streamer.ids, stats
+
+with torch.no_grad():
+    expected = model.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False)[0, len(prompt):].tolist()
+first, s1 = reply(prompt, 'on', True)
+turn2 = prompt + first + [9, 8, 7]
+second, s2 = reply(turn2, 'on', True)
+with torch.no_grad():
+    expected2 = model.generate(torch.tensor([turn2]), max_new_tokens=40, do_sample=False)[0, len(turn2):].tolist()
+print(transformers.__version__, type(b._kv).__name__, first == expected, second == expected2,
+      s2['prompt_reused'], s2['drafted'] > 0 and s2['accepted'] > 0)
+'''
+
+
+@pytest.mark.parametrize('python', ['forge', 'a1111'])
+def test_cache_and_drafts_on_both_cache_kinds(python):
+    exe = sys.executable if python == 'forge' else A1111_PY
+    if not os.path.exists(exe):
+        pytest.skip('no A1111-like venv')
+    out = subprocess.run([exe, '-c', CACHE_SCRIPT], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         env={**os.environ, 'PYTHONPATH': ROOT})
+    assert out.returncode == 0, out.stderr
+    version, cache, *rest = out.stdout.split()
+    # 93 prompt tokens + 40 reply tokens, less the last reply token (never evaluated) are reused on turn 2
+    assert (cache, rest) == ('tuple' if version == '4.30.2' else 'DynamicCache', ['True', 'True', '132', 'True'])
+
+
 DOWNLOAD_SCRIPT = r'''
 import sys, threading
 from lib_omost.llm import LocalBackend, Conversation, ChatParams, stream_reply

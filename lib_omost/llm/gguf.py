@@ -24,7 +24,8 @@ import sys
 import numpy as np
 
 from lib_omost.llm.conversation import CONTEXT_TOKENS, ChatError, ChatParams
-from lib_omost.llm.inprocess import IncrementalDecoder, InProcessBackend, common_prefix, decode_greedy, new_stats, one_line
+from lib_omost.llm.inprocess import (IncrementalDecoder, InProcessBackend, common_prefix, decode_greedy, new_stats,
+                                     one_line)
 from lib_omost.llm.models import GGUF_MODELS, download_gguf
 from lib_omost.llm.tiny import LLAMA3_TEMPLATE
 

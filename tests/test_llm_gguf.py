@@ -106,9 +106,10 @@ def test_same_seed_same_reply(backend):
 
 
 def test_stop_within_one_token(backend, monkeypatch):
-    evals = []
-    real_eval = backend.llm.eval
-    monkeypatch.setattr(backend.llm, 'eval', lambda tokens: (evals.append(len(tokens)), real_eval(tokens))[1])
+    evals = []  # every forward pass: the prompt's, each plain step and each verified draft go through decode
+    ctx = backend.llm._ctx
+    real_decode = ctx.decode
+    monkeypatch.setattr(ctx, 'decode', lambda batch: (evals.append(1), real_decode(batch))[1])
     monkeypatch.setattr(llama_cpp, 'llama_vocab_is_eog', lambda vocab, token: False)  # random weights: no early end
     stop, conv = threading.Event(), Conversation([Turn('a dragon', 'canvas = Canvas()')])
     monkeypatch.setattr(backend, 'update_interval', 0)

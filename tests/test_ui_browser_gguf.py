@@ -2,6 +2,7 @@
 give a .gguf path, chat with the scripted tiny GGUF in process, Stop, Retry, and the canvas fills the editor."""
 
 import os
+import re
 import subprocess
 
 import pytest
@@ -74,4 +75,7 @@ def test_chat_stop_retry_fill_the_canvas(version, model):
                                timeout=WAIT_MS)  # the dragon canvas's four regions in the region editor
         assert '4 regions + background.' in page.inner_text(f'{T}preview_status')
         assert 'darkolivegreen' in page.inner_text(f'{T}chat')
+        # the retry re-read nothing but the prompt's last token: the model kept the conversation it had read
+        found = re.search(r'prompt ([\d,]+) tokens \(([\d,]+) reused\)', page.inner_text(f'{T}chat_status'))
+        assert found and int(found[2].replace(',', '')) == int(found[1].replace(',', '')) - 1
         browser.close()

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -185,7 +186,8 @@ def main(argv=None) -> int:
     ap.add_argument('--ckpt', default='', help='checkpoint file to run (default: the loaded one)')
     ap.add_argument('--size', type=int, default=64)
     ap.add_argument('--steps', type=int, default=2)
-    ap.add_argument('--warmup', type=int, default=0, help='jobs before the warm-up RSS (default: two cycles)')
+    ap.add_argument('--warmup', type=int, default=0, help='jobs before the warm-up RSS (default: one cycle of '
+                    'every kind, so each size and feature has run once)')
     ap.add_argument('--out', default='', help='write the summary JSON here')
     args = ap.parse_args(argv)
 
@@ -195,7 +197,7 @@ def main(argv=None) -> int:
     host = args.host or ('forge' if 'forge_preset' in webui.options() else 'a1111')
     ckpt = webui.switch_checkpoint(args.ckpt) if args.ckpt else webui.options().get('sd_model_checkpoint')
     cycle = kinds(host, args.size, args.steps)
-    warmup = args.warmup or 2 * len(cycle)
+    warmup = args.warmup or len(cycle)
     log_start = os.path.getsize(args.log) if args.log and os.path.exists(args.log) else 0
 
     def payload(changes):
@@ -213,7 +215,10 @@ def main(argv=None) -> int:
     plain_runs = []           # pixels of every 'plain' job
     hostile_i = 0
     n = 0
-    while n < args.jobs and time.monotonic() < deadline:
+    stopping = []  # SIGTERM / Ctrl-C: finish the job in flight, then the last plain job and the summary
+    signal.signal(signal.SIGTERM, lambda *a: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *a: stopping.append(1))
+    while n < args.jobs and time.monotonic() < deadline and not stopping:
         name, changes, expected, deterministic = cycle[n % len(cycle)]
         if changes is None:  # hostile: rotate through the list
             name = name.format(hostile_i % len(HOSTILE))
@@ -267,7 +272,8 @@ def main(argv=None) -> int:
     summary = {
         'host': host, 'url': args.url, 'ckpt': ckpt, 'size': args.size, 'steps': args.steps,
         'jobs': n, 'minutes': round((time.monotonic() - started) / 60, 1), 'warmup_jobs': warmup,
-        'bounded_by': 'jobs' if n > args.jobs else 'time',
+        'bounded_by': 'jobs' if n > args.jobs else 'signal' if stopping else 'time',
+        'warmup_reached': len(samples) > warmup,
         'rss_mb': {k: round(v / MB, 1) for k, v in rss.items()}, 'peak_rss_mb': round(sampler.peak / MB, 1),
         'growth_after_warmup_mb': round(growth, 1), 'slope_mb_per_100_jobs': slope,
         'plain_first_last_identical': len(plain_runs) >= 2 and plain_runs[0] == plain_runs[-1],
@@ -276,7 +282,7 @@ def main(argv=None) -> int:
         'failures': failures, 'tracebacks': len(blocks), 'tracebacks_mentioning_omost': ours,
     }
     summary['ok'] = (not failures and not ours and not changed and summary['plain_first_last_identical']
-                     and growth <= 50)
+                     and growth <= 50 and summary['warmup_reached'])
     text = json.dumps(summary, indent=2)
     print(text)
     if args.out:

@@ -99,7 +99,7 @@ def open_session(browser, llm_url, out, name):
     context = browser.new_context(viewport={'width': 1600, 'height': 1300})
     page = context.new_page()
     errors = []
-    page.on('pageerror', lambda e: errors.append(str(e)))
+    page.on('pageerror', lambda e: errors.append(f'{e} @ {(e.stack or "")[:400]}'))
     page.goto(URL)
     page.wait_for_selector('#txt2img_prompt textarea', timeout=WAIT)
     page.locator('#txt2img_prompt textarea').first.fill('a fierce battle')
@@ -200,7 +200,11 @@ def browser_part(browser, check: Checks, out: str, summary: dict):
             check('ui: the two sessions generate different images', alone['A'] != alone['B'])
             summary['ui_pixels_alone'] = {k: v[:12] for k, v in alone.items()}
             summary['page_errors'] = a.errors + b.errors
-            check('ui: no page errors', not a.errors and not b.errors, str(a.errors + b.errors)[:500])
+            # A1111 1.10.1 throws one of its own on every width/height change (javascript/hires_fix.js:
+            # onCalcResolutionHires returns six values to an event with no outputs, modules/ui.py): recorded above,
+            # only the extension's scripts count here.
+            ours = [e for e in a.errors + b.errors if 'omost' in e.lower()]
+            check('ui: no page errors from the extension', not ours, str(ours)[:500])
             a.page.context.close()
             b.page.context.close()
         finally:

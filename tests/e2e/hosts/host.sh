@@ -8,7 +8,9 @@
 #                                                  file and an API key the API tests look for, unless running)
 #
 # build steps (default: all, in this order; SKIP="a b" leaves some out): clone venv hf models ext, and for a1111
-# also controlnet (sd-webui-controlnet; the forks have their own ControlNet built in).
+# also controlnet (sd-webui-controlnet; the forks have their own ControlNet built in). Not in the default: gguf
+# (llama-cpp-python 0.3.36 in the WebUI's venv, for the gguf chat backend: built from source the first time,
+# 20-40 min on 2 cores, then pip's wheel cache; the same CMake flags as .ci/run).
 #
 # env: HARNESS    (required) the folder one WebUI is built into: webui/ (the WebUI root), venv/, hf/, webui.pid,
 #                 webui.log. One folder per host.
@@ -122,6 +124,9 @@ ALL_STEPS="clone venv hf models ext"
 STEPS=${*:-$ALL_STEPS}
 want() {
   local s
+  for s in $STEPS; do
+    case " $ALL_STEPS gguf " in *" $s "*) ;; *) [ "$ACTION" != build ] || die "unknown step '$s' (steps: $ALL_STEPS gguf)" ;; esac
+  done
   for s in ${SKIP:-}; do [ "$s" = "$1" ] && return 1; done
   for s in $STEPS; do [ "$s" = "$1" ] && return 0; done
   return 1
@@ -245,6 +250,7 @@ build() {
     checkpoint sd15
     if [ "${WITH_SDXL:-0}" = 1 ]; then
       checkpoint sdxl
+      mkdir -p "$M/Lora"
       [ -s "$M/Lora/random_lora_xl.safetensors" ] || "$VPY" "$PROJECT/tests/e2e/make_sdxl_lora.py" \
         --ckpt "$M/Stable-diffusion/random-sdxl.safetensors" --out "$M/Lora/random_lora_xl.safetensors"
     fi
@@ -288,6 +294,12 @@ build() {
     small_model cnet "$cnd/models/control_v11p_sd15_canny_random.safetensors" \
       --ckpt "$W/models/Stable-diffusion/random-sd15.safetensors"
     ipadapter a1111
+  fi
+  if want gguf; then
+    say "gguf"
+    printf 'llama-cpp-python==0.3.36\n' >"$H/requirements-gguf.txt"
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF -DGGML_OPENMP=OFF" \
+      pip_once "$H/requirements-gguf.txt"
   fi
   say "$HOST ready in $H; start it with: HARNESS=$H PORT=... $0 $HOST start"
 }

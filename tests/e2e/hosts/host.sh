@@ -148,7 +148,8 @@ pip_once() {  # FILE [pip args...]
 # The host's own pins, with the CPU torch 2.13.0 and its torchvision 0.28.0, and setuptools 80.9.0 (torch 2.13
 # needs >= 77; 80.9 still ships pkg_resources, which pytorch_lightning imports). REQ_EDIT: more sed expressions.
 host_requirements() {  # SRC_FILE OUT_FILE EXTRA_LINES
-  sed -e 's/^torch *$/torch==2.13.0/' -e 's/^setuptools.*/setuptools==80.9.0/' ${REQ_EDIT:-} "$1" >"$2"
+  # (a file may end without a newline: reForge's does)
+  { sed -e 's/^torch *$/torch==2.13.0/' -e 's/^setuptools.*/setuptools==80.9.0/' ${REQ_EDIT:-} "$1"; echo; } >"$2"
   grep -q '^setuptools' "$2" || echo 'setuptools==80.9.0' >>"$2"
   printf 'torchvision==0.28.0\n%s' "$3" >>"$2"
 }
@@ -356,11 +357,16 @@ e2e() {
   local port=${PORT:-7860} ckpt=${CKPT:-random-sd15.safetensors} ev=${EVIDENCE:-$H/evidence} started=0 rc=0
   local key="omost-e2e-key-$$" vision=$W/models/omost-e2e-vision py=${TEST_PYTHON:-$PROJECT/.venv/bin/python}
   mkdir -p "$ev" "$vision"
-  "$VPY" - "$W/config.json" "$vision" <<'PY'
-import json, os, sys
-path, vision = sys.argv[1:]
+  "$VPY" - "$W/config.json" "$vision" "$W/modules/launch_utils.py" <<'PY'
+import json, os, re, sys
+path, vision, launch_utils = sys.argv[1:]
 config = json.load(open(path, encoding='utf-8')) if os.path.exists(path) else {}
 config.update({'omost_vision_path': vision, 'omost_vision_url_768': '', 'omost_vision_url_1280': ''})
+# Neo (launch_utils.py: verify_version) stops at start-up asking for Enter unless config.json carries its
+# VERSION_UID, which it writes itself only into a config.json it creates
+uid = re.search(r'^VERSION_UID\b.*=\s*"([^"]+)"', open(launch_utils, encoding='utf-8').read(), re.M)
+if uid:
+    config.setdefault('VERSION_UID', uid.group(1))
 json.dump(config, open(path, 'w', encoding='utf-8'), indent=4)
 PY
   (cd "$PROJECT" && "$py" -m tests.e2e.ui_config "$H/ui-config-e2e.json")

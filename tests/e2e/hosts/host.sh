@@ -31,6 +31,7 @@
 #      WAIT       start: seconds to wait for the API (default 900; 0 = return at once)
 #      EVIDENCE   test: folder for the request log (requests.jsonl) and evidence files (default $HARNESS/evidence)
 #      TEST_PYTHON  test: the interpreter running pytest (default the project's .venv/bin/python)
+#      EDITOR_SHOTS test: also run tests/e2e/editor_in_host.py first, its screenshots and summary going there
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PROJECT=$(cd "$HERE/../../.." && pwd)
@@ -378,6 +379,9 @@ PY
               OMOST_E2E_WEBUI_LOG="$H/webui.log" OMOST_E2E_VISION_DIR="$vision" OMOST_E2E_EVIDENCE="$ev"
               OMOST_E2E_LOG="$ev/requests.jsonl" no_proxy='*' NO_PROXY='*')
   [ $started = 0 ] || envs+=(OMOST_E2E_UI_CONFIG="$H/ui-config-e2e.json" OMOST_E2E_API_KEY="$key")
+  if [ -n "${EDITOR_SHOTS:-}" ]; then  # the accordion, chat and region editor in Chromium first (screenshots)
+    (cd "$PROJECT" && env "${envs[@]}" "$py" tests/e2e/editor_in_host.py "$EDITOR_SHOTS") || rc=$?
+  fi
   (cd "$PROJECT" && env "${envs[@]}" "$py" -m pytest -q tests/e2e "$@") || rc=$?
   [ $started = 0 ] || stop
   return $rc

@@ -199,6 +199,10 @@ def main():
             page.locator(f'{P}guidance').first.scroll_into_view_if_needed()
             shot(page, 'guidance', f'{P}guidance')
             browser.close()
+    except Exception:
+        import traceback
+        summary['error'] = traceback.format_exc()  # kept with the evidence, then raised
+        raise
     finally:
         llm.__exit__(None, None, None)
         with open(os.path.join(OUT, f'{TAG}_summary.json'), 'w') as f:

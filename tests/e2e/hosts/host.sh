@@ -382,7 +382,9 @@ PY
   if [ -n "${EDITOR_SHOTS:-}" ]; then  # the accordion, chat and region editor in Chromium first (screenshots)
     (cd "$PROJECT" && env "${envs[@]}" "$py" tests/e2e/editor_in_host.py "$EDITOR_SHOTS") || rc=$?
   fi
-  (cd "$PROJECT" && env "${envs[@]}" "$py" -m pytest -q tests/e2e "$@") || rc=$?
+  local paths=(tests/e2e) a
+  for a in "$@"; do case $a in tests/*) paths=() ;; esac; done  # test files named: only those, in that order
+  (cd "$PROJECT" && env "${envs[@]}" "$py" -m pytest -q "${paths[@]}" "$@") || rc=$?
   [ $started = 0 ] || stop
   return $rc
 }

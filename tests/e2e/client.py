@@ -140,9 +140,16 @@ class WebUI:
         return field in self._txt2img_fields
 
     def hires_extras(self) -> dict:
-        """What a hires job needs besides enable_hr: Forge and Neo refuse one through the API without
-        `hr_additional_modules` (processing.py: sample), with or without Omost; the other hosts lack the field."""
-        return {'hr_additional_modules': ['Use same choices']} if self.txt2img_takes('hr_additional_modules') else {}
+        """The upscaler and what else a hires job needs besides enable_hr. The upscaler: 'Latent' where the host has
+        latent upscaling, else 'None' (a plain resize: Neo has no latent modes, shared.latent_upscale_modes = {}, and
+        downloads its ESRGAN). Forge and Neo refuse a hires job through the API without `hr_additional_modules`
+        (processing.py: sample), with or without Omost; the other hosts lack the field."""
+        status, modes = self.get('/sdapi/v1/latent-upscale-modes')
+        latent = status == 200 and any(m.get('name') == 'Latent' for m in modes or [])
+        extras = {'hr_upscaler': 'Latent' if latent else 'None'}
+        if self.txt2img_takes('hr_additional_modules'):
+            extras['hr_additional_modules'] = ['Use same choices']
+        return extras
 
     def controlnet_modules(self) -> list:
         """/controlnet/module_list of the host's ControlNet (Forge's built-in one or sd-webui-controlnet)."""

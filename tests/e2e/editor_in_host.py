@@ -5,6 +5,11 @@ else OMOST_E2E_EVIDENCE). It reads OMOST_E2E_URL and OMOST_E2E_HOST (a name for 
 
     OMOST_E2E_URL=http://127.0.0.1:7873 OMOST_E2E_HOST=neo .venv/bin/python tests/e2e/editor_in_host.py OUT
 
+With `--gguf FILE` the chat runs on the gguf backend in the WebUI's own process instead (llama-cpp-python in the
+WebUI's venv: `host.sh HOST build gguf`), FILE being a .gguf inside the WebUI's models folder, e.g. the tests'
+scripted tiny GGUF replying with the dragon canvas: `python -m tests.e2e.tiny_gguf FILE`. Files are then named
+HOST_gguf_*.
+
 Not a pytest test (it drives the shared host's browser UI for a minute and writes evidence files).
 """
 
@@ -27,13 +32,17 @@ from ui_helpers import CHROMIUM, CHROMIUM_ARGS, canvas_reply, canvas_server  # n
 
 URL = os.environ['OMOST_E2E_URL'].rstrip('/')
 HOST = os.environ.get('OMOST_E2E_HOST', 'host')
-OUT = sys.argv[1] if len(sys.argv) > 1 else os.environ.get('OMOST_E2E_EVIDENCE', '')
+ARGS = sys.argv[1:]
+GGUF = ARGS.pop(ARGS.index('--gguf') + 1) if '--gguf' in ARGS else ''
+ARGS = [a for a in ARGS if a != '--gguf']
+OUT = ARGS[0] if ARGS else os.environ.get('OMOST_E2E_EVIDENCE', '')
+TAG = f'{HOST}_gguf' if GGUF else HOST
 P = '#script_txt2img_omost_omost_'  # Script.elem_id: script_{tab}_{title}_{name}
 WAIT = 120_000
 
 
 def shot(page, name, selector=None):
-    path = os.path.join(OUT, f'{HOST}_{name}.png')
+    path = os.path.join(OUT, f'{TAG}_{name}.png')
     (page.locator(selector).first.screenshot(path=path) if selector else page.screenshot(path=path))
     print('screenshot', path)
 
@@ -67,7 +76,7 @@ def main():
     from playwright.sync_api import sync_playwright
     with open(os.path.join(ROOT, 'tests', 'fixtures', 'dragon_battle.canvas.py'), encoding='utf-8') as f:
         reply = canvas_reply(f.read())
-    summary = {'host': HOST}
+    summary = {'host': HOST, 'backend': 'gguf' if GGUF else 'server'}
     # 40 pieces 0.2 s apart: the regions arrive while the reply streams (the 'live' screenshot)
     llm = canvas_server(reply, chunks=40, delay=0.2).__enter__()
     try:
@@ -86,7 +95,19 @@ def main():
             page.locator('#script_txt2img_omost_omost .label-wrap').first.click()
             page.wait_for_selector(f'{P}editor .omost-ed-stage', timeout=WAIT)
             page.locator(f'{P}llm_settings .label-wrap').first.click()
-            field(page, 'script_txt2img_omost_omost_server_url').fill(f'{llm.url}/v1')
+            if GGUF:  # as tests/test_ui_browser_gguf.py picks it
+                page.locator(f'{P}backend input').first.click()
+                page.locator(f'{P}backend ul.options li', has_text='gguf').first.click()
+                box = page.locator(f'{P}gguf_model input').first
+                box.wait_for(state='visible', timeout=WAIT)
+                box.click()
+                box.fill(GGUF)
+                box.press('Enter')
+                box.press('Tab')
+                page.locator(f'{P}gguf_threads input').first.fill('1')
+                shot(page, 'llm_settings', f'{P}llm_settings')
+            else:
+                field(page, 'script_txt2img_omost_omost_server_url').fill(f'{llm.url}/v1')
             page.locator(f'{P}llm_settings .label-wrap').first.click()
             page.locator(f'{P}editor').first.scroll_into_view_if_needed()
             shot(page, 'empty', f'#script_txt2img_omost_omost')
@@ -178,9 +199,13 @@ def main():
             page.locator(f'{P}guidance').first.scroll_into_view_if_needed()
             shot(page, 'guidance', f'{P}guidance')
             browser.close()
+    except Exception:
+        import traceback
+        summary['error'] = traceback.format_exc()  # kept with the evidence, then raised
+        raise
     finally:
         llm.__exit__(None, None, None)
-        with open(os.path.join(OUT, f'{HOST}_summary.json'), 'w') as f:
+        with open(os.path.join(OUT, f'{TAG}_summary.json'), 'w') as f:
             json.dump(summary, f, indent=2)
         print(json.dumps({k: v for k, v in summary.items() if k != 'infotext'}, indent=2))
 

@@ -169,7 +169,14 @@ def test_saved_ui_defaults_are_what_generation_reads(webui):
         sel = '#script_txt2img_omost_omost_options textarea'
         page.wait_for_function('sel => { const t = document.querySelector(sel); return t && t.value.includes(\'"strength"\'); }',
                                arg=sel, timeout=180_000)
-        page.wait_for_timeout(2000)  # the load event may land after the first value
+        # The box first shows the value computed when the UI was built, then the page's load event recomputes it
+        # from the restored controls; on a loaded machine that event lands seconds later: wait for it (a box that
+        # never shows 0.8 fails below, after the timeout)
+        try:
+            page.wait_for_function('sel => { try { return JSON.parse(document.querySelector(sel).value).strength'
+                                   ' === 0.8; } catch (e) { return false; } }', arg=sel, timeout=120_000)
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: the assertion below says what was there
+            pass
         options = json.loads(page.evaluate('sel => document.querySelector(sel).value', sel))
         browser.close()
     assert options['strength'] == 0.8

@@ -10,7 +10,7 @@ from .client import b64_png, omost_args
 
 
 def _hires(webui):
-    return {'enable_hr': True, 'hr_scale': 2, 'hr_upscaler': 'Latent', 'denoising_strength': 0.5,
+    return {'enable_hr': True, 'hr_scale': 2, 'denoising_strength': 0.5,
             'hr_second_pass_steps': 2, **webui.hires_extras()}
 
 

@@ -39,7 +39,7 @@ def test_refiner_switch_keeps_the_regions_on_the_refiner(webui, job, canvas, oth
 
 
 def test_hires_checkpoint_keeps_the_regions_on_the_hires_model(webui, job, canvas, other):
-    hires = dict(enable_hr=True, hr_scale=1.5, hr_upscaler='Latent', hr_second_pass_steps=2,
+    hires = dict(enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2,
                  denoising_strength=0.6, hr_checkpoint_name=other, **webui.hires_extras())
     on = webui.txt2img(job(alwayson_scripts=omost_args(canvas, {}), **hires)).ok()
     off = webui.txt2img(job(alwayson_scripts=omost_args(canvas, {'hires': False}), **hires)).ok()

@@ -8,7 +8,9 @@
 #                                                  file and an API key the API tests look for, unless running)
 #
 # build steps (default: all, in this order; SKIP="a b" leaves some out): clone venv hf models ext, and for a1111
-# also controlnet (sd-webui-controlnet; the forks have their own ControlNet built in).
+# also controlnet (sd-webui-controlnet; the forks have their own ControlNet built in). Not in the default: gguf
+# (llama-cpp-python 0.3.36 in the WebUI's venv, for the gguf chat backend: built from source the first time,
+# 20-40 min on 2 cores, then pip's wheel cache; the same CMake flags as .ci/run).
 #
 # env: HARNESS    (required) the folder one WebUI is built into: webui/ (the WebUI root), venv/, hf/, webui.pid,
 #                 webui.log. One folder per host.
@@ -29,6 +31,7 @@
 #      WAIT       start: seconds to wait for the API (default 900; 0 = return at once)
 #      EVIDENCE   test: folder for the request log (requests.jsonl) and evidence files (default $HARNESS/evidence)
 #      TEST_PYTHON  test: the interpreter running pytest (default the project's .venv/bin/python)
+#      EDITOR_SHOTS test: also run tests/e2e/editor_in_host.py first, its screenshots and summary going there
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PROJECT=$(cd "$HERE/../../.." && pwd)
@@ -122,6 +125,9 @@ ALL_STEPS="clone venv hf models ext"
 STEPS=${*:-$ALL_STEPS}
 want() {
   local s
+  for s in $STEPS; do
+    case " $ALL_STEPS gguf " in *" $s "*) ;; *) [ "$ACTION" != build ] || die "unknown step '$s' (steps: $ALL_STEPS gguf)" ;; esac
+  done
   for s in ${SKIP:-}; do [ "$s" = "$1" ] && return 1; done
   for s in $STEPS; do [ "$s" = "$1" ] && return 0; done
   return 1
@@ -143,7 +149,8 @@ pip_once() {  # FILE [pip args...]
 # The host's own pins, with the CPU torch 2.13.0 and its torchvision 0.28.0, and setuptools 80.9.0 (torch 2.13
 # needs >= 77; 80.9 still ships pkg_resources, which pytorch_lightning imports). REQ_EDIT: more sed expressions.
 host_requirements() {  # SRC_FILE OUT_FILE EXTRA_LINES
-  sed -e 's/^torch *$/torch==2.13.0/' -e 's/^setuptools.*/setuptools==80.9.0/' ${REQ_EDIT:-} "$1" >"$2"
+  # (a file may end without a newline: reForge's does)
+  { sed -e 's/^torch *$/torch==2.13.0/' -e 's/^setuptools.*/setuptools==80.9.0/' ${REQ_EDIT:-} "$1"; echo; } >"$2"
   grep -q '^setuptools' "$2" || echo 'setuptools==80.9.0' >>"$2"
   printf 'torchvision==0.28.0\n%s' "$3" >>"$2"
 }
@@ -245,6 +252,7 @@ build() {
     checkpoint sd15
     if [ "${WITH_SDXL:-0}" = 1 ]; then
       checkpoint sdxl
+      mkdir -p "$M/Lora"
       [ -s "$M/Lora/random_lora_xl.safetensors" ] || "$VPY" "$PROJECT/tests/e2e/make_sdxl_lora.py" \
         --ckpt "$M/Stable-diffusion/random-sdxl.safetensors" --out "$M/Lora/random_lora_xl.safetensors"
     fi
@@ -288,6 +296,12 @@ build() {
     small_model cnet "$cnd/models/control_v11p_sd15_canny_random.safetensors" \
       --ckpt "$W/models/Stable-diffusion/random-sd15.safetensors"
     ipadapter a1111
+  fi
+  if want gguf; then
+    say "gguf"
+    printf 'llama-cpp-python==0.3.36\n' >"$H/requirements-gguf.txt"
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF -DGGML_OPENMP=OFF" \
+      pip_once "$H/requirements-gguf.txt"
   fi
   say "$HOST ready in $H; start it with: HARNESS=$H PORT=... $0 $HOST start"
 }
@@ -344,11 +358,16 @@ e2e() {
   local port=${PORT:-7860} ckpt=${CKPT:-random-sd15.safetensors} ev=${EVIDENCE:-$H/evidence} started=0 rc=0
   local key="omost-e2e-key-$$" vision=$W/models/omost-e2e-vision py=${TEST_PYTHON:-$PROJECT/.venv/bin/python}
   mkdir -p "$ev" "$vision"
-  "$VPY" - "$W/config.json" "$vision" <<'PY'
-import json, os, sys
-path, vision = sys.argv[1:]
+  "$VPY" - "$W/config.json" "$vision" "$W/modules/launch_utils.py" <<'PY'
+import json, os, re, sys
+path, vision, launch_utils = sys.argv[1:]
 config = json.load(open(path, encoding='utf-8')) if os.path.exists(path) else {}
 config.update({'omost_vision_path': vision, 'omost_vision_url_768': '', 'omost_vision_url_1280': ''})
+# Neo (launch_utils.py: verify_version) stops at start-up asking for Enter unless config.json carries its
+# VERSION_UID, which it writes itself only into a config.json it creates
+uid = re.search(r'^VERSION_UID\b.*=\s*"([^"]+)"', open(launch_utils, encoding='utf-8').read(), re.M)
+if uid:
+    config.setdefault('VERSION_UID', uid.group(1))
 json.dump(config, open(path, 'w', encoding='utf-8'), indent=4)
 PY
   (cd "$PROJECT" && "$py" -m tests.e2e.ui_config "$H/ui-config-e2e.json")
@@ -360,7 +379,12 @@ PY
               OMOST_E2E_WEBUI_LOG="$H/webui.log" OMOST_E2E_VISION_DIR="$vision" OMOST_E2E_EVIDENCE="$ev"
               OMOST_E2E_LOG="$ev/requests.jsonl" no_proxy='*' NO_PROXY='*')
   [ $started = 0 ] || envs+=(OMOST_E2E_UI_CONFIG="$H/ui-config-e2e.json" OMOST_E2E_API_KEY="$key")
-  (cd "$PROJECT" && env "${envs[@]}" "$py" -m pytest -q tests/e2e "$@") || rc=$?
+  if [ -n "${EDITOR_SHOTS:-}" ]; then  # the accordion, chat and region editor in Chromium first (screenshots)
+    (cd "$PROJECT" && env "${envs[@]}" "$py" tests/e2e/editor_in_host.py "$EDITOR_SHOTS") || rc=$?
+  fi
+  local paths=(tests/e2e) a
+  for a in "$@"; do case $a in tests/*) paths=() ;; esac; done  # test files named: only those, in that order
+  (cd "$PROJECT" && env "${envs[@]}" "$py" -m pytest -q "${paths[@]}" "$@") || rc=$?
   [ $started = 0 ] || stop
   return $rc
 }

@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from lib_omost.llm.tiny import LLAMA3_TEMPLATE
+from lib_omost.llm.tiny import LLAMA3_TEMPLATE, _gguf_tokenizer
 
 FIXTURES = os.path.join(os.path.dirname(__file__), '..', '..', 'tests', 'fixtures')
 # Omost's README transcript (default model, seed 123456): two user messages, each answered with a canvas
@@ -216,20 +216,5 @@ def build_replay_gguf(path: str, tok=None, seed: int = 0, **shape) -> str:
 def _gguf_llama3_tokenizer(writer, tok):
     """Llama-3's BPE as GGUF metadata, as llama.cpp's convert_hf_to_gguf.py writes it for Llama-3 models."""
     import json
-    import gguf
-    data = json.loads(tok.backend_tokenizer.to_str())
-    vocab = tok.backend_tokenizer.get_vocab(with_added_tokens=True)
-    tokens = [None] * len(vocab)
-    for text, i in vocab.items():
-        tokens[i] = text
-    special = {t['content'] for t in data['added_tokens'] if t.get('special')}
-    writer.add_tokenizer_model('gpt2')
-    writer.add_tokenizer_pre('llama-bpe')
-    writer.add_token_list(tokens)
-    writer.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
-    writer.add_token_merges([m if isinstance(m, str) else ' '.join(m) for m in data['model']['merges']])
-    writer.add_bos_token_id(tok.bos_token_id)
-    writer.add_eos_token_id(tok.eos_token_id)  # <|eot_id|>, as Omost's GGUFs have it
-    writer.add_pad_token_id(tok.pad_token_id)
-    writer.add_add_bos_token(False)  # the chat template writes <|begin_of_text|>
-    writer.add_chat_template(LLAMA3_TEMPLATE)
+    added = json.loads(tok.backend_tokenizer.to_str())['added_tokens']
+    _gguf_tokenizer(writer, tok, pre='llama-bpe', specials={t['content'] for t in added if t.get('special')})

@@ -55,9 +55,10 @@ def build_tiny_llama(folder: str, corpus: list | None = None, layers: int = 2, h
 # The same models as GGUF files for the llama.cpp backend (needs the `gguf` package, numpy and, to convert, torch)
 
 
-def _gguf_tokenizer(writer, tok, extra_tokens=()):
-    """The BPE tokenizer as GGUF metadata. Its ByteLevel pre-tokenizer splits with GPT-2's regex, which llama.cpp
-    knows as 'gpt-2' (Omost's real GGUFs use Llama-3's, 'llama-bpe')."""
+def _gguf_tokenizer(writer, tok, extra_tokens=(), pre='gpt-2', specials=None):
+    """The BPE tokenizer as GGUF metadata. The tests' ByteLevel pre-tokenizer splits with GPT-2's regex, which
+    llama.cpp knows as 'gpt-2' (Omost's real GGUFs use Llama-3's, 'llama-bpe'). `specials`: the control tokens
+    (default: this module's)."""
     import json
     import gguf
     data = json.loads(tok.backend_tokenizer.to_str())
@@ -66,9 +67,9 @@ def _gguf_tokenizer(writer, tok, extra_tokens=()):
     for text, i in vocab.items():
         tokens[i] = text
     tokens += list(extra_tokens)
-    specials = set(SPECIALS)
+    specials = set(SPECIALS if specials is None else specials)
     writer.add_tokenizer_model('gpt2')
-    writer.add_tokenizer_pre('gpt-2')
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens])
     writer.add_token_merges([m if isinstance(m, str) else ' '.join(m) for m in data['model']['merges']])

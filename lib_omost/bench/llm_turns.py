@@ -14,7 +14,9 @@ Four variants, each on a freshly loaded model (so that none starts from another'
                   what is accepted), both turns
     cache+on      drafting 'on' (always the longest drafts): the edit turn
 'cold' and 'cache+on' answer only the edit turn, with the transcript's turn 1 as the conversation so far (the same
-conversation the other variants reach), which keeps the run within 20 minutes; --quick answers both turns in all.
+conversation the other variants reach), and 'cold' writes only the first COLD_TOKENS tokens of it (what it measures is
+the time to the first token: its decoding is 'cache''s), which keeps the run within 20 minutes on 2 cores; --quick
+answers both turns whole in all.
 Per turn: time to first token (TTFT: message sent -> first reply token shown), reply tokens/s (after the first
 token), tokens per model call, drafted / accepted tokens, reused / new prompt tokens; every reply is checked against
 the transcript (text and token count). Times are given twice: in process CPU time (all threads; steady on a shared
@@ -41,6 +43,7 @@ import time
 # turn, after the transcript's turn 1, to fit the time; --quick answers both turns in every variant)
 VARIANTS = (('cold', False, 'off', (2,)), ('cache', True, 'off', (1, 2)), ('cache+auto', True, 'auto', (1, 2)),
             ('cache+on', True, 'on', (2,)))
+COLD_TOKENS = 64  # a full run's 'cold' reply: its first tokens, checked against the transcript's
 DRAFTED = 'cache+auto'  # the summary's drafting variant: the setting's default
 # (layers, hidden, heads, kv_heads): the real size; the transformers backend runs a smaller one by default, since
 # plain decoding of 128k logits through `generate()` on 2 cores would not fit the 20 minutes next to llama.cpp's
@@ -92,8 +95,10 @@ def _check_interface(backend):
 
 
 def _turn(backend, conv, message: str, params, expected_text: str, expected_tokens: int) -> dict:
-    """One reply: wall-clock and process CPU time to the first token and after it, and the backend's stats."""
+    """One reply: wall-clock and process CPU time to the first token and after it, and the backend's stats. A reply
+    cut at `params.max_new_tokens` is compared with the transcript's text up to there."""
     from lib_omost.llm import stream_reply
+    from lib_omost.llm.conversation import PARTIAL_MARK
     clocks = (time.perf_counter, time.process_time)
     started, first, last = [c() for c in clocks], None, None
     for update in stream_reply(backend, conv, message, params, threading.Event()):
@@ -104,8 +109,9 @@ def _turn(backend, conv, message: str, params, expected_text: str, expected_toke
     first = first or end
     stats = dict(getattr(last, 'stats', None) or {})
     tokens = last.tokens
+    text = last.text[:-len(PARTIAL_MARK)] if last.text.endswith(PARTIAL_MARK) else last.text
     out = {'tokens': tokens, 'error': last.error,
-           'same': last.error is None and last.text == expected_text and tokens == expected_tokens,
+           'same': last.error is None and text == expected_text and tokens == expected_tokens,
            'prompt': stats.get('prompt_tokens', last.prompt_tokens), 'reused': stats.get('prompt_reused'),
            'calls': stats.get('model_calls'), 'drafted': stats.get('drafted'), 'accepted': stats.get('accepted')}
     for i, clock in enumerate(('wall', 'cpu')):
@@ -115,7 +121,8 @@ def _turn(backend, conv, message: str, params, expected_text: str, expected_toke
     return out
 
 
-def _variant(kind: str, model: str, script, reuse: bool, draft: str, threads: int, answer=(1, 2)) -> dict:
+def _variant(kind: str, model: str, script, reuse: bool, draft: str, threads: int, answer=(1, 2),
+             limit: int | None = None) -> dict:
     from lib_omost.llm import ChatParams, Conversation, Turn
     from lib_omost.llm.replay import USER_MESSAGES
     gc.collect()
@@ -125,11 +132,15 @@ def _variant(kind: str, model: str, script, reuse: bool, draft: str, threads: in
     backend.reuse_prompt, backend.draft, backend.logits_hook = reuse, draft, script
     backend.load()
     loaded = rss_mb()
-    params = ChatParams(temperature=0, max_new_tokens=4096)
+    params = ChatParams(temperature=0, max_new_tokens=limit or 4096)
     conv, turns = Conversation(), {}
     for number, (message, text, ids) in enumerate(zip(USER_MESSAGES, script.replies_text, script.replies), 1):
         if number in answer:
+            if limit:
+                text, ids = script.tok.decode(ids[:limit]), ids[:limit]
             turns[number] = _turn(backend, conv, message, params, text, len(ids))
+            if limit:  # the rest of the conversation goes on from the transcript's whole reply
+                conv.turns[-1] = Turn(message, script.replies_text[number - 1])
         else:  # the transcript's turn, as if the model had written it
             conv.turns.append(Turn(message, text))
     after = rss_mb()
@@ -159,7 +170,8 @@ def measure(kind: str, workdir: str, shape, script, threads: int, quick: bool = 
     runs = {}
     for name, reuse, draft, answer in VARIANTS:
         t = time.perf_counter()
-        runs[name] = _variant(kind, model, script, reuse, draft, threads, (1, 2) if quick else answer)
+        runs[name] = _variant(kind, model, script, reuse, draft, threads, (1, 2) if quick else answer,
+                              None if quick or name != 'cold' else COLD_TOKENS)
         log(f'  {name}: {time.perf_counter() - t:.0f} s')
     return {'kind': kind, 'shape': shape, 'params': params, 'runs': runs}
 
@@ -237,7 +249,7 @@ def main(args) -> int:
         print(f'error: {MISSING}')
         return 1
     quick = bool(getattr(args, 'quick', False))
-    which = getattr(args, 'backend', None) or 'both'
+    which = getattr(args, 'backend', None) or 'gguf'
     kinds = ['gguf', 'local'] if which == 'both' else [which]
     # --quick: one thread (a tiny model's OpenMP team spins more than it computes on a shared machine)
     threads = int(getattr(args, 'threads', None) or (1 if quick else os.cpu_count() or 1))

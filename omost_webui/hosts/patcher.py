@@ -62,7 +62,6 @@ class RegionalAttn2Patch:
         self.regional = regional
         self.previous = previous
         self._owns_previous = False  # `previous` came from the source patcher (shared with it in Neo)
-        self._host_kwargs = {}       # what the host's attention gets besides q, k, v, heads in the running call
         self.attention = attention or sdpa
 
     def __deepcopy__(self, memo):
@@ -102,22 +101,22 @@ class RegionalAttn2Patch:
         # BasicTransformerBlock.forward: extra_options["attn_precision"]; CrossAttention.forward:
         # `optimized_attention(..., attn_precision=self.attn_precision)`, which upcasts in basic / split / sub-quad):
         # the plain attention here gets it too. The other hosts set none.
-        self._host_kwargs = {'attn_precision': extra_options['attn_precision']} \
-            if 'attn_precision' in extra_options else {}
+        host = {'attn_precision': extra_options['attn_precision']} if 'attn_precision' in extra_options else {}
         batch, pixels = q.shape[0], q.shape[1]
         shape = extra_options.get('original_shape')
         if shape is not None:
             self.regional.set_latent_size(int(shape[2]), int(shape[3]))
         rows = cond_rows(extra_options, batch)
         if self.previous is None and (not rows or not self.regional.active):  # nothing regional in this call
-            return self.attention(q, k, v, heads, **self._host_kwargs)
+            return self.attention(q, k, v, heads, **host)
         qh, kh, vh = (t.reshape(batch, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
         if self.previous is not None:
-            return self._on_top_of_previous(q, k, v, qh, kh, vh, rows, extra_options)
-        out = self.regional.regional(qh, kh, vh, rows, tiled=True, plain=self._plain_heads)
+            return self._on_top_of_previous(q, k, v, qh, kh, vh, rows, extra_options, host)
+        out = self.regional.regional(qh, kh, vh, rows, tiled=True,
+                                     plain=lambda *qkv: self._plain_heads(*qkv, **host))
         return out.transpose(1, 2).reshape(batch, pixels, -1)
 
-    def _on_top_of_previous(self, q, k, v, qh, kh, vh, rows, extra_options):
+    def _on_top_of_previous(self, q, k, v, qh, kh, vh, rows, extra_options, host):
         out = self.previous(q, k, v, extra_options)
         plan = self.regional.plan_for(qh.shape[2], kh.shape[2], qh.device, qh.dtype, tiled=True) if rows else None
         if plan is None:
@@ -125,16 +124,17 @@ class RegionalAttn2Patch:
         batch, pixels = q.shape[0], q.shape[1]
         qc, kc, vc = qh[rows], kh[rows], vh[rows]
         # the host's attention for the plain part, the function `previous` used (IPAdapterPlus.py __call__)
-        delta = attend(qc, kc, vc, plan) - self._plain_heads(qc, kc, vc)
+        delta = attend(qc, kc, vc, plan) - self._plain_heads(qc, kc, vc, **host)
         out = out.clone()
         out[rows] += delta.transpose(1, 2).reshape(len(rows), pixels, -1).to(out.dtype)
         return out
 
-    def _plain_heads(self, q, k, v):
-        """The host's attention on (B, heads, N, d) tensors (regional() works in that layout)."""
+    def _plain_heads(self, q, k, v, **host):
+        """The host's attention on (B, heads, N, d) tensors (regional() works in that layout); `host`: what the
+        host's attention gets besides q, k, v and heads in this call."""
         b, heads = q.shape[0], q.shape[1]
         merged = (t.transpose(1, 2).reshape(b, t.shape[2], -1) for t in (q, k, v))
-        out = self.attention(*merged, heads, **self._host_kwargs)
+        out = self.attention(*merged, heads, **host)
         return out.reshape(b, out.shape[1], heads, -1).transpose(1, 2)
 
 

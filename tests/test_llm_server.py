@@ -407,3 +407,30 @@ def test_cache_prompt_stays_for_a_server_that_takes_it_and_a_real_400_is_reporte
                           'available context size.')
     assert again.error == last.error
     assert sent == [True, None, True, None]  # a 400 that was not about the field is not remembered as a refusal
+
+
+@pytest.mark.parametrize('extra,expected', [
+    # llama.cpp's server (tools/server/server-task.cpp: usage_json with prompt_tokens_details; timings with cache_n)
+    ({'usage': {'prompt_tokens': 1746, 'completion_tokens': 2, 'prompt_tokens_details': {'cached_tokens': 1730}},
+      'timings': {'cache_n': 1730, 'prompt_n': 16}}, {'prompt_tokens': 1746, 'prompt_reused': 1730}),
+    # an older llama-server: timings only (prompt_n counts the tokens it evaluated)
+    ({'timings': {'cache_n': 300, 'prompt_n': 38}}, {'prompt_tokens': 338, 'prompt_reused': 300}),
+    # a server that says nothing of its cache, or says it in a shape we do not know
+    ({'usage': {'prompt_tokens': 40, 'completion_tokens': 2}}, None),
+    ({'usage': {'prompt_tokens': 40, 'prompt_tokens_details': {'cached_tokens': '7'}}, 'timings': []}, None),
+])
+def test_the_servers_prompt_cache_count_reaches_the_status(extra, expected):
+    def script(h, body):
+        h.start_sse()
+        h.send_event(sse_chunk('canvas'))
+        h.send_event(dict(sse_chunk(None, 'stop'), **extra))
+        h.send_event('[DONE]')
+        h.end_sse()
+    with LoopbackServer(script) as srv:
+        last = run(ServerBackend(srv.url, 'm'), conversation(), 'a cat')[-1]
+    assert (last.text, last.error) == ('canvas', None)
+    assert last.stats == expected
+    if expected:
+        from omost_webui.ui import stats_text
+        assert stats_text(last.stats) == (f"prompt {expected['prompt_tokens']:,} tokens "
+                                          f"({expected['prompt_reused']:,} reused).")

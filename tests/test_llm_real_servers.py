@@ -102,6 +102,14 @@ def two_turns(url: str, model: str, max_new_tokens: int = 2048):
     return last, sent, conv
 
 
+def served_two_turns(srv: Served, ready_path: str, model: str, **kwargs):
+    try:
+        srv.wait(ready_path)
+        return two_turns(srv.url, model, **kwargs)
+    finally:
+        srv.stop()
+
+
 @pytest.fixture(autouse=True)
 def forget_refusals():
     server_module._REFUSES_CACHE_PROMPT.clear()
@@ -118,11 +126,7 @@ def test_llama_cpp_python_server_takes_cache_prompt(scripted_gguf, dragon_reply,
     srv = Served([sys.executable, '-m', 'llama_cpp.server', '--model', scripted_gguf, '--host', '127.0.0.1',
                   '--port', str(port), '--n_ctx', '8192', '--n_threads', '1', '--model_alias', 'omost'],
                  port, str(tmp_path / 'server.log'))
-    try:
-        srv.wait('/v1/models')
-        last, sent, conv = two_turns(srv.url, 'omost')
-    finally:
-        srv.stop()
+    last, sent, conv = served_two_turns(srv, '/v1/models', 'omost')
     assert [(u.error, u.text) for u in last] == [(None, dragon_reply)] * 2, srv.tail()
     assert [b.get('cache_prompt') for b in sent] == [True, True]  # taken, never refused
     assert not server_module._REFUSES_CACHE_PROMPT
@@ -136,19 +140,15 @@ def test_llama_server_keeps_the_conversation_with_cache_prompt(scripted_gguf, dr
     port = free_port()
     srv = Served([binary, '-m', scripted_gguf, '--host', '127.0.0.1', '--port', str(port), '-c', '8192', '-t', '1',
                   '-np', '1', '--jinja'], port, str(tmp_path / 'server.log'))
-    try:
-        srv.wait('/health')
-        last, sent, conv = two_turns(srv.url, 'omost')
-    finally:
-        srv.stop()
+    last, sent, conv = served_two_turns(srv, '/health', 'omost')
     assert [(u.error, u.text) for u in last] == [(None, dragon_reply)] * 2, srv.tail()
     assert [b.get('cache_prompt') for b in sent] == [True, True] and not server_module._REFUSES_CACHE_PROMPT
     first, second = last
-    # turn 2's prompt is turn 1's prompt and reply plus the new message: the server reads only that last part, and
-    # the count reaches the chat status
+    # turn 2's prompt starts with turn 1's: the server reads it from its cache, and the count reaches the chat
+    # status. (How much of turn 1's reply is reused too depends on the reply reading back as the tokens generated,
+    # which a real model's BPE does; the scripted model's pieces need not.)
     assert first.stats['prompt_reused'] == 0
-    assert second.stats['prompt_reused'] >= first.stats['prompt_tokens'] + first.tokens - 2
-    assert second.stats['prompt_tokens'] - second.stats['prompt_reused'] < 40
+    assert first.stats['prompt_tokens'] - 2 <= second.stats['prompt_reused'] < second.stats['prompt_tokens']
 
 
 def test_transformers_serve_refuses_cache_prompt_and_the_chat_goes_on(tmp_path):
@@ -162,11 +162,7 @@ def test_transformers_serve_refuses_cache_prompt_and_the_chat_goes_on(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1')
     srv = Served([command, 'serve', '--host', '127.0.0.1', '--port', str(port)], port, str(tmp_path / 'server.log'),
                  env=env)
-    try:
-        srv.wait('/v1/models')
-        last, sent, conv = two_turns(srv.url, model, max_new_tokens=8)
-    finally:
-        srv.stop()
+    last, sent, conv = served_two_turns(srv, '/v1/models', model, max_new_tokens=8)
     assert [u.error for u in last] == [None, None], srv.tail()
     assert all(u.text for u in last)
     # refused once (HTTP 400/422), asked again without it, and not sent it again

@@ -20,6 +20,7 @@ import time
 import pytest
 
 from .client import b64_png, omost_args
+from .test_e2e_api import ConsoleLines
 
 
 def _reference_image():
@@ -77,6 +78,18 @@ def _evidence(name, **record):
             json.dump(record, f, indent=1)
 
 
+def _skip_if_the_hosts_vision_loader_failed(console):
+    """Skip (with the host's error) when IP-Adapter did nothing because the host's own CLIP vision loader raised.
+    Forge Neo on transformers 4.56: backend/patcher/clipvision.py ClipVisionModel.__init__ -> ModelPatcher(...) ->
+    backend/patcher/base.py ModelPatcher.__init__ `self.model.device = current_device` raises AttributeError
+    "property 'device' of 'CLIPVisionModelWithProjection' object has no setter" (transformers makes `device` a
+    read-only property), with or without Omost. Any other reason for an IP-Adapter that changes nothing fails."""
+    error = next((line.strip() for line in console if 'CLIPVision' in line and 'has no setter' in line), None)
+    if error:
+        pytest.skip(f'the host\'s IP-Adapter does not apply, even without Omost: its CLIP vision loader raised '
+                    f'"{error}" (a host bug: Neo\'s backend/patcher/base.py ModelPatcher.__init__ sets model.device)')
+
+
 def test_regions_and_image_prompt_together(webui, job, canvas, host, sdxl):
     unit = _ip_adapter_unit(webui, sdxl)
     order = _patch_order(webui)
@@ -84,7 +97,10 @@ def test_regions_and_image_prompt_together(webui, job, canvas, host, sdxl):
     assert expected in (None, '', order), f'scripts load {order}, expected {expected}'
     ip = {'ControlNet': {'args': [unit]}}
     plain = webui.txt2img(job()).ok()
-    ip_alone = webui.txt2img(job(alwayson_scripts=ip)).ok()
+    with ConsoleLines() as console:
+        ip_alone = webui.txt2img(job(alwayson_scripts=ip)).ok()
+    if ip_alone.pixels == plain.pixels:
+        _skip_if_the_hosts_vision_loader_failed(console.lines)
     omost_alone = webui.txt2img(job(alwayson_scripts=omost_args(canvas))).ok()
     both = webui.txt2img(job(alwayson_scripts={**ip, **omost_args(canvas)})).ok()
     again = webui.txt2img(job()).ok()

@@ -171,7 +171,7 @@ def build_scripted_gguf(path: str, reply: str, chunk: int = 8, hidden: int = 256
 
     pieces, seen, i = [], set(vocab), 0  # every piece a token of its own: llama.cpp refuses duplicate texts
     while i < len(reply):
-        ends = [n for n in range(chunk, len(reply) - i + 1) if fits(reply[i:i + n])] or [len(reply) - i]
+        ends = [n for n in range(chunk, min(32, len(reply) - i) + 1) if fits(reply[i:i + n])] or [len(reply) - i]
         # the shortest piece found nowhere else in the reply, else (a long repeated run) the shortest new one
         n = next((n for n in ends if once(reply[i:i + n]) and reply[i:i + n] not in seen), None) or \
             next((n for n in ends if reply[i:i + n] not in seen), ends[-1])

@@ -210,3 +210,40 @@ def test_logits_hook_replays_a_transcript_through_drafts(pair):
     assert len(script) - stats['accepted'] - stats['model_calls'] in (0, 1)
     assert sorted(set(seen)) == list(range(len(prompt), len(prompt) + len(script)))  # every picked position
     assert ask(warm, Conversation(), 'a cat', n=5).text == ask(cold, Conversation(), 'a cat', n=5).text  # unhooked
+
+
+def test_gguf_reads_a_long_prompt_in_batches_saying_so_and_stop_ends_it_between_them(folder, tmp_path_factory,
+                                                                                        monkeypatch):
+    """A long conversation is read in llama.cpp's batches: the status says how far (minutes on a CPU with a real
+    model, where the chat would otherwise sit at 'Waiting for the LLM...'), and Stop ends it between two batches
+    with what was read kept for the next reply."""
+    warm = make('gguf', folder, tmp_path_factory)
+    cold = make('gguf', folder, tmp_path_factory, reuse_prompt=False, draft='off')
+    try:
+        warm.load()
+        messages = Conversation([Turn('a dragon', DRAGON_REPLY), Turn('make it night')]).messages()
+        prompt, batch = warm.prompt_ids(messages), warm.llm.n_batch
+        assert len(prompt) > 3 * batch  # the fixture conversation spans several batches
+        events = list(warm.stream(messages, ChatParams(temperature=0, max_new_tokens=5), threading.Event()))
+        notices = [value for kind, value in events if kind == 'notice']
+        reading = [f'Reading the conversation: {n:,} of {len(prompt):,} new prompt tokens...'
+                   for n in range(0, len(prompt), batch)]
+        assert notices == reading + [''] and events.index(('notice', '')) < [k for k, _ in events].index('tokens')
+
+        stop, evals, real = threading.Event(), [], warm.llm.eval
+        monkeypatch.setattr(warm.llm, 'eval', lambda tokens: (evals.append(len(tokens)), real(tokens),
+                                                              len(evals) == 2 and stop.set()))
+        def conv():  # new from its first user message on
+            return Conversation([Turn('a dragon over a castle', DRAGON_REPLY)])
+        updates = list(stream_reply(warm, conv(), 'make it a dinosaur', ChatParams(temperature=0, max_new_tokens=20),
+                                    stop))
+        assert (updates[-1].finish, updates[-1].tokens, updates[-1].text) == ('cancelled', 0, '')
+        assert len(evals) == 2 and warm.llm.n_tokens < len(prompt)  # stopped after two of the new batches
+        monkeypatch.setattr(warm.llm, 'eval', real)
+        read = warm.llm.n_tokens
+        follow = ask(warm, conv(), 'make it a dinosaur', n=20)
+        assert follow.stats['prompt_reused'] == read  # what was read before Stop is not read again
+        assert follow.text == ask(cold, conv(), 'make it a dinosaur', n=20).text
+    finally:
+        warm.unload()
+        cold.unload()

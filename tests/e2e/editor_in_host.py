@@ -94,8 +94,8 @@ def main():
         print(f'[{time.monotonic() - started:7.1f} s] {name}', flush=True)
 
     signal.signal(signal.SIGTERM, stop_on_sigterm)
-    # 40 pieces 0.5 s apart (a loaded machine draws late): the regions arrive while the reply streams (the 'live' screenshot)
-    llm = canvas_server(reply, chunks=40, delay=0.5).__enter__()
+    # 40 pieces 1 s apart (a loaded machine takes seconds per screenshot): the regions arrive while the reply streams (the 'live' screenshot)
+    llm = canvas_server(reply, chunks=40, delay=1.0).__enter__()
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -10,6 +10,10 @@ WebUI's venv: `host.sh HOST build gguf`), FILE being a .gguf inside the WebUI's 
 scripted tiny GGUF replying with the dragon canvas: `python -m tests.e2e.tiny_gguf FILE`. Files are then named
 HOST_gguf_*.
 
+Every wait lasts up to OMOST_E2E_WAIT_S seconds (default 600: a 64 px job behind other WebUIs on a loaded 2-core
+machine took over 120 s). The summary records the step reached (`step`) and, if the run stops, why (`error`: the
+traceback, or the signal that stopped it).
+
 Not a pytest test (it drives the shared host's browser UI for a minute and writes evidence files).
 """
 
@@ -17,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 import sys
 import time
 
@@ -38,7 +43,12 @@ ARGS = [a for a in ARGS if a != '--gguf']
 OUT = ARGS[0] if ARGS else os.environ.get('OMOST_E2E_EVIDENCE', '')
 TAG = f'{HOST}_gguf' if GGUF else HOST
 P = '#script_txt2img_omost_omost_'  # Script.elem_id: script_{tab}_{title}_{name}
-WAIT = 120_000
+WAIT = int(float(os.environ.get('OMOST_E2E_WAIT_S', '600')) * 1000)
+
+
+def stop_on_sigterm(signum, frame):
+    # a plain SIGTERM ends Python without `finally`: raise instead, so the summary says why the run stopped
+    raise SystemExit(f'stopped by signal {signal.Signals(signum).name}')
 
 
 def shot(page, name, selector=None):
@@ -76,15 +86,25 @@ def main():
     from playwright.sync_api import sync_playwright
     with open(os.path.join(ROOT, 'tests', 'fixtures', 'dragon_battle.canvas.py'), encoding='utf-8') as f:
         reply = canvas_reply(f.read())
-    summary = {'host': HOST, 'backend': 'gguf' if GGUF else 'server'}
-    # 40 pieces 0.2 s apart: the regions arrive while the reply streams (the 'live' screenshot)
-    llm = canvas_server(reply, chunks=40, delay=0.2).__enter__()
+    summary = {'host': HOST, 'backend': 'gguf' if GGUF else 'server', 'step': 'start'}
+    started = time.monotonic()
+
+    def step(name):
+        summary['step'] = name
+        print(f'[{time.monotonic() - started:7.1f} s] {name}', flush=True)
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    # 40 pieces 1 s apart (a loaded machine takes seconds per screenshot): the regions arrive while the reply streams (the 'live' screenshot)
+    llm = canvas_server(reply, chunks=40, delay=1.0).__enter__()
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={'width': 1600, 'height': 1300})
+            page.set_default_timeout(WAIT)
             errors = []
-            page.on('pageerror', lambda e: errors.append(str(e)))
+            page.on('pageerror', lambda e: errors.append(f'{e}\n{e.stack or ""}'.strip()))
+            summary['page_errors'] = errors
+            step('open the page')
             page.goto(URL)
             page.wait_for_selector('#txt2img_prompt textarea', timeout=WAIT)
             field(page, 'txt2img_prompt').fill('a photo')
@@ -92,6 +112,7 @@ def main():
                 box = page.locator(f'#txt2img_{name} input[type=number]').first
                 box.fill(str(value))
                 box.press('Tab')
+            step('open the accordion')
             page.locator('#script_txt2img_omost_omost .label-wrap').first.click()
             page.wait_for_selector(f'{P}editor .omost-ed-stage', timeout=WAIT)
             page.locator(f'{P}llm_settings .label-wrap').first.click()
@@ -112,6 +133,7 @@ def main():
             page.locator(f'{P}editor').first.scroll_into_view_if_needed()
             shot(page, 'empty', f'#script_txt2img_omost_omost')
 
+            step('chat')
             message = field(page, 'script_txt2img_omost_omost_input')
             message.fill('generate an image of the fierce battle of warriors and a dragon')
             message.press('Enter')
@@ -126,6 +148,7 @@ def main():
             summary['chat_status'] = page.locator(f'{P}chat_status').first.inner_text()
             summary['on_off'] = page.locator(f'{P}onoff').first.inner_text()
 
+            step('edit')
             # edit: drag the nearest region two steps right, recolour it, send it back one place
             state = json.loads(page.evaluate('sel => document.querySelector(sel).value',
                                              f'{P}editor_state textarea, {P}editor_state input'))
@@ -158,6 +181,7 @@ def main():
             shot(page, 'edited', f'#script_txt2img_omost_omost')
             shot(page, 'edited_page')
 
+            step('generate')
             src, first = generate(page, None)
             info = Image.open(io.BytesIO(first)).info.get('parameters', '')
             summary['infotext'] = info
@@ -168,6 +192,7 @@ def main():
             summary['first_pixels'] = pixels(first)
             shot(page, 'generated')
 
+            step('PNG Info')
             # PNG Info -> Send to txt2img -> Generate: the same canvas and the same pixels
             page.locator('button', has_text='PNG Info').first.click()
             page.locator('#pnginfo_image input[type=file]').set_input_files(
@@ -186,9 +211,9 @@ def main():
             _, second = generate(page, src)
             summary['second_pixels'] = pixels(second)
             summary['same_pixels'] = summary['first_pixels'] == summary['second_pixels']
-            summary['page_errors'] = errors
             page.locator(f'#script_txt2img_omost_omost').scroll_into_view_if_needed()
             shot(page, 'after_paste', f'#script_txt2img_omost_omost')
+            step('image guidance')
             # Image guidance: open the accordion, give guide 1 an image and region 2, look at it
             page.locator(f'{P}guidance .label-wrap').first.click()
             guide = io.BytesIO()
@@ -199,7 +224,8 @@ def main():
             page.locator(f'{P}guidance').first.scroll_into_view_if_needed()
             shot(page, 'guidance', f'{P}guidance')
             browser.close()
-    except Exception:
+            step('done')
+    except BaseException:  # Ctrl-C and SIGTERM too: the summary says why the run stopped
         import traceback
         summary['error'] = traceback.format_exc()  # kept with the evidence, then raised
         raise

@@ -223,9 +223,11 @@ build() {
       a1111) host_requirements "$W/requirements_versions.txt" "$H/requirements-host.txt" $'clip-anytorch==2.6.0\nftfy\nregex\ntqdm\n' ;;
       # Classic has only requirements.txt, with setuptools unpinned (a current one has no pkg_resources)
       classic) host_requirements "$W/requirements.txt" "$H/requirements-host.txt" "" ;;
-      # reForge names a pydantic 1.10.15 wheel by URL (Panchovix/pydantic-fixreforge): PyPI's stands in
+      # reForge names a pydantic 1.10.15 wheel by URL (Panchovix/pydantic-fixreforge): PyPI's stands in; its
+      # k-diffusion copy (k_diff/k_diffusion/evaluation.py) imports `clip`, which its launcher installs from a
+      # GitHub zip (modules/launch_utils.py prepare_environment): clip-anytorch stands in, as for A1111
       reforge) REQ_EDIT="-e s|^https://.*pydantic-1.10.15.*|pydantic==1.10.15|" \
-                 host_requirements "$W/requirements_versions.txt" "$H/requirements-host.txt" "" ;;
+                 host_requirements "$W/requirements_versions.txt" "$H/requirements-host.txt" $'clip-anytorch==2.6.0\n' ;;
       # Neo's launcher installs gradio first, then its requirements (Pillow 12 past gradio 4.40's pin: pip warns,
       # it runs); audioop-lts is for Python >= 3.13 only
       neo) printf 'gradio==4.40.0\ngradio_rangeslider==0.0.8\n' >"$H/requirements-gradio.txt"

@@ -1,4 +1,5 @@
-"""`python -m lib_omost bench live` runs end to end (fast: a high token rate); its figures are for the README."""
+"""`python -m lib_omost bench live` runs end to end (a high token rate, yet slow enough for the UI's streaming budget
+(ui.STREAM_MIN_S, STREAM_BYTES_PER_S) to let several updates out during the reply); its figures are for the README."""
 
 import argparse
 
@@ -6,11 +7,11 @@ from lib_omost.bench import live
 
 
 def test_the_live_preview_benchmark_streams_both_ways_and_prints_the_ratio(capsys):
-    args = argparse.Namespace(quick=True, rate=3000.0, repeats=1)
-    live.main(args)  # the exit code judges the goal; at 3000 tokens/s on a shared machine it is noise
+    args = argparse.Namespace(quick=True, rate=300.0, repeats=1)
+    live.main(args)  # the exit code judges the goal; at 300 tokens/s on a shared machine it is noise
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].startswith('Chat over a loopback server: 560 tokens at 3000 tokens/s')
+    assert lines[0].startswith('Chat over a loopback server: 560 tokens at 300 tokens/s')
     off, on = (line.split() for line in lines[2:4])
     assert off[0] == 'off' and on[0] == 'on'
     assert int(on[-1]) > int(off[-1]) == 1  # the live preview updated the editor before the end; plain did not

@@ -27,14 +27,6 @@ from lib_omost.options import RenderOptions, parse_options
 log = logging.getLogger(__name__)
 
 LIVE_INTERVAL_S = 0.25  # while a reply streams, the canvas (and so the editor) updates at most this often
-# While a reply streams, every update carries the whole chat (and, with a new canvas, the code and the editor state):
-# tens of KB a time by the second turn, which the browser parses and renders anew. Sent as fast as tokens come, a
-# slow or busy browser falls behind, the websocket backs up, and the server drops the page (gradio 3.41's queue gives
-# a client 1 s per message, queueing.py: Queue.send_message; uvicorn closes a socket whose ping is not answered in
-# 20 s) and abandons the reply, the page frozen at its last status. So the chat and the canvas are sent at most
-# STREAM_BYTES_PER_S on average (and never more often than STREAM_MIN_S); a status line alone goes at once.
-STREAM_BYTES_PER_S = 16_000
-STREAM_MIN_S = 0.1
 KEPT_CANVAS_MESSAGE = 'Start from this canvas.'  # New chat with "keep the canvas": the first turn's user side
 EXAMPLES = (  # Omost's own quick prompts
     'generate an image of the fierce battle of warriors and a dragon',
@@ -309,16 +301,6 @@ def stats_text(stats: dict) -> str:
 
 CONTINUING = 'Continuing from your edited canvas.'
 WAITING_FOR_LLM = 'Waiting for the LLM...'
-WRITING = 'Writing the reply...'
-
-
-def stream_gap(chat, canvas=None) -> float:
-    """Seconds before the next streamed chat update, after sending `chat` (and `canvas` code, which the code box
-    and, as canvas JSON, the editor state carry): their size at STREAM_BYTES_PER_S, at least STREAM_MIN_S."""
-    size = sum(len(part or '') for turn in chat for part in turn if isinstance(part, str))
-    if isinstance(canvas, str):
-        size += 3 * len(canvas)
-    return max(STREAM_MIN_S, size / STREAM_BYTES_PER_S)
 
 
 def _local_waiting_notice(kind) -> str:
@@ -385,7 +367,7 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
     session.stop.clear()
     upd = None
     live = CanvasStream() if live_preview else None
-    live_due, live_pending, shown_status, chat_due = 0.0, False, None, 0.0
+    live_due, live_pending, shown_status = 0.0, False, None
     try:
         shown_status = ' '.join(filter(None, [continuing, _local_waiting_notice(kind) or WAITING_FOR_LLM]))
         yield base + [(message, '')], ('' if mode != 'retry' else keep), keep, status_html(shown_status)
@@ -398,24 +380,19 @@ def chat_stream(mode, session, message, kind, server_url, server_model, api_key,
                                 cache=cache, mode=mode):
             if upd.done:
                 break
+            canvas_now = keep
             if live is not None:
                 live_pending = live.feed(upd.text) or live_pending
+                now = time.monotonic()
+                if live_pending and now >= live_due:  # a few updates a second, never one per token
+                    canvas_now, live_pending, live_due = live.code, False, now + LIVE_INTERVAL_S
             regions = _so_far(live.result.canvas) if live is not None and live.result is not None else ''
             text = ' '.join(filter(None, [continuing, upd.notice, regions]))
-            if not text:  # a notice went away (the wait for another chat's reply, reading the prompt)
-                text = WRITING if upd.text else WAITING_FOR_LLM
-            status = status_html(text) if text != shown_status else keep
-            shown_status = text
-            now = time.monotonic()
-            if now < chat_due:  # the chat and the canvas wait (STREAM_BYTES_PER_S); a status line goes alone
-                if status is not keep:
-                    yield keep, keep, keep, status
-                continue
-            chat, canvas_now = base + [(message, upd.text)], keep
-            if live_pending and now >= live_due:  # a few canvases a second, never one per token
-                canvas_now, live_pending, live_due = live.code, False, now + LIVE_INTERVAL_S
-            chat_due = now + stream_gap(chat, canvas_now)
-            yield chat, keep, canvas_now, status
+            if not text and shown_status:  # a notice went away (the wait for another chat's reply ended)
+                text = WAITING_FOR_LLM
+            status = status_html(text) if text and text != shown_status else keep
+            shown_status = text or shown_status
+            yield base + [(message, upd.text)], keep, canvas_now, status
     except ChatError as e:
         yield _unanswered(conv, mode), box_on_error, keep, status_html(str(e), 'error')
         return

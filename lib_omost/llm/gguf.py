@@ -25,7 +25,7 @@ import numpy as np
 
 from lib_omost.llm.conversation import CONTEXT_TOKENS, ChatError, ChatParams
 from lib_omost.llm.inprocess import (IncrementalDecoder, InProcessBackend, common_prefix, decode_greedy, new_stats,
-                                     one_line, reading_notice)
+                                     one_line)
 from lib_omost.llm.models import GGUF_MODELS, download_gguf
 from lib_omost.llm.tiny import LLAMA3_TEMPLATE
 
@@ -257,23 +257,6 @@ class GGUFBackend(InProcessBackend):
             llm._requires_eval = False
             return [row(i) for i in range(len(tokens))]
 
-        def read(tokens, leave_last=False):
-            """Evaluate the prompt's new tokens in llama.cpp's own batches (the batches `llm.eval` makes), saying how
-            far it got and checking Stop between batches: a long conversation takes minutes on a CPU. With
-            `leave_last` the last batch is left for `generate` (which evaluates it as `generate` alone would).
-            Returns the tokens left to evaluate, or None when stopped."""
-            n_batch = max(1, int(llm.n_batch))
-            end = len(tokens) - ((len(tokens) - 1) % n_batch + 1) if leave_last and tokens else len(tokens)
-            for start in range(0, end, n_batch):
-                if criterion():
-                    return None
-                if len(tokens) > n_batch:
-                    streamer.set_notice(reading_notice(start, len(tokens)))
-                llm.eval(tokens[start:start + n_batch])
-            if len(tokens) > n_batch:
-                streamer.set_notice(reading_notice(end, len(tokens)) if end < len(tokens) else '')
-            return tokens[end:]
-
         def job():
             # the longest prefix shared with what the context holds, less one token (its logits are needed)
             shared = common_prefix(llm.input_ids[:llm.n_tokens].tolist(), ids) if self.reuse_prompt else 0
@@ -282,12 +265,10 @@ class GGUFBackend(InProcessBackend):
                 reused = 0
             stats.update(new_stats(len(ids), reused))
             try:
-                rest = read(ids[reused:], leave_last=params.temperature > 0)
-                if rest is None:
-                    pass  # stopped while reading the prompt: what was read stays in the context
-                elif params.temperature > 0:
-                    sample(rest)
+                if params.temperature > 0:
+                    sample()
                 else:
+                    llm.eval(ids[reused:])
                     decode_greedy(list(ids), row(-1), step, keep, lambda r: int(np.argmax(r)), is_end, streamer.add,
                                   stats, limit=limit, n_ctx=n_ctx, criterion=criterion, draft=draft, hook=hook)
             except BaseException:
@@ -296,12 +277,13 @@ class GGUFBackend(InProcessBackend):
             if not self.reuse_prompt:
                 llm.reset()
 
-        def sample(tokens):
+        def sample():
             llm.set_seed(int(params.seed) % 0xFFFFFFFF)  # 0xFFFFFFFF would mean "random" to llama.cpp
             processors = None
             if hook is not None:
                 processors = [lambda input_ids, scores: hook([int(t) for t in input_ids], scores)]
             n = 0
+            tokens = ids[stats['prompt_reused']:]
             for token in llm.generate(tokens, reset=False, temp=float(params.temperature), top_p=float(params.top_p),
                                       top_k=TOP_K, min_p=0.0, repeat_penalty=1.0, logits_processor=processors):
                 if n:

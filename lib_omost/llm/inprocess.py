@@ -63,19 +63,18 @@ class TokenStreamer:
     def __init__(self):
         self.ids = []
         self.prompt_seen = False
-        self.notice = ''  # what the reply waits for before its first token: another chat's reply, its prompt
+        self.waiting = False  # the model is writing another chat's reply; this one starts after it
         self.ended = threading.Event()
         self._cond = threading.Condition()
 
-    def set_notice(self, notice: str):
+    def set_waiting(self, waiting: bool):
         with self._cond:
-            self.notice = notice
+            self.waiting = waiting
             self._cond.notify()
 
     def add(self, ids):
         with self._cond:
             self.ids.extend(ids)
-            self.notice = ''  # the reply has begun: nothing is waited for any more
             self._cond.notify()
 
     def put(self, value):
@@ -89,12 +88,12 @@ class TokenStreamer:
             self.ended.set()
             self._cond.notify()
 
-    def wait(self, seen: int, notice: str = '') -> tuple:
-        """Block until there are more than `seen` ids, the end, or the notice is no longer `notice`; returns (ids so
-        far, ended, notice)."""
+    def wait(self, seen: int, waiting: bool = False) -> tuple:
+        """Block until there are more than `seen` ids, the end, or `waiting` changed; returns (ids so far, ended,
+        waiting)."""
         with self._cond:
-            self._cond.wait_for(lambda: len(self.ids) > seen or self.ended.is_set() or self.notice != notice)
-            return list(self.ids), self.ended.is_set(), self.notice
+            self._cond.wait_for(lambda: len(self.ids) > seen or self.ended.is_set() or self.waiting != waiting)
+            return list(self.ids), self.ended.is_set(), self.waiting
 
 
 class IncrementalDecoder:
@@ -236,11 +235,6 @@ def decode_greedy(ids: list, first_logits, step, rollback, argmax, is_end, emit,
 WAITING_NOTICE = 'Waiting for another reply to finish (the in-process model writes one reply at a time)...'
 
 
-def reading_notice(done: int, total: int) -> str:
-    """The notice while the model reads the prompt's new tokens (minutes for a long conversation on a CPU)."""
-    return f'Reading the conversation: {done:,} of {total:,} new prompt tokens...'
-
-
 def one_line(e: Exception) -> str:
     return ' '.join(str(e).split())[:300] or type(e).__name__
 
@@ -333,7 +327,6 @@ class InProcessBackend:
         # generation take the lock in their own threads, so chats on one model queue up instead.
         if not self.loaded:
             yield from self._load_reporting()
-            yield 'notice', ''  # loaded: the loading line goes
         handle = self._handle()
         if handle is None:
             raise ChatError(f'{self.name} was unloaded before the chat could start; send the message again.')
@@ -350,12 +343,12 @@ class InProcessBackend:
         def run():
             try:
                 if not self._lock.acquire(blocking=False):  # another chat's reply: say so, then queue behind it
-                    streamer.set_notice(WAITING_NOTICE)
+                    streamer.set_waiting(True)
                     while not self._lock.acquire(timeout=0.1):
                         if criterion():  # Stop while waiting (or the consumer left): never start
                             return
                 try:
-                    streamer.set_notice('')
+                    streamer.set_waiting(False)
                     if not abort.is_set():
                         job()
                 finally:
@@ -368,14 +361,14 @@ class InProcessBackend:
         thread = threading.Thread(target=run, name='omost-llm-generate', daemon=True)
         thread.start()
         try:
-            decoder, ended, out, notice = self._decoder(handle), False, [], ''
+            decoder, ended, out, waiting = self._decoder(handle), False, [], False
             while not ended:
-                was, seen = notice, len(out)
-                out, ended, notice = streamer.wait(seen, notice)
-                if notice != was:
-                    yield 'notice', notice
+                was_waiting, seen = waiting, len(out)
+                out, ended, waiting = streamer.wait(seen, waiting)
+                if waiting != was_waiting:
+                    yield 'notice', WAITING_NOTICE if waiting else ''
                 if len(out) == seen and not ended:
-                    continue  # only the notice changed (no token yet: the rate counts from the first)
+                    continue  # only the wait began or ended (no token yet: the rate counts from the first)
                 text = decoder.delta(out, final=ended)
                 yield 'tokens', len(out)
                 if text:

@@ -55,10 +55,10 @@ def build_tiny_llama(folder: str, corpus: list | None = None, layers: int = 2, h
 # The same models as GGUF files for the llama.cpp backend (needs the `gguf` package, numpy and, to convert, torch)
 
 
-def _gguf_tokenizer(writer, tok, extra_tokens=(), pre='gpt-2', specials=None, extra_type=None):
+def _gguf_tokenizer(writer, tok, extra_tokens=(), pre='gpt-2', specials=None):
     """The BPE tokenizer as GGUF metadata. The tests' ByteLevel pre-tokenizer splits with GPT-2's regex, which
     llama.cpp knows as 'gpt-2' (Omost's real GGUFs use Llama-3's, 'llama-bpe'). `specials`: the control tokens
-    (default: this module's). `extra_tokens` are appended, of `extra_type` (default NORMAL)."""
+    (default: this module's)."""
     import json
     import gguf
     data = json.loads(tok.backend_tokenizer.to_str())
@@ -71,8 +71,7 @@ def _gguf_tokenizer(writer, tok, extra_tokens=(), pre='gpt-2', specials=None, ex
     writer.add_tokenizer_model('gpt2')
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
-    types = [gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens[:len(vocab)]]
-    writer.add_token_types(types + [extra_type or gguf.TokenType.NORMAL] * len(extra_tokens))
+    writer.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens])
     writer.add_token_merges([m if isinstance(m, str) else ' '.join(m) for m in data['model']['merges']])
     writer.add_bos_token_id(tok.bos_token_id)
     writer.add_eos_token_id(tok.eos_token_id)  # <|eot_id|>, as Omost's GGUFs have it
@@ -145,37 +144,43 @@ def build_tiny_gguf(folder: str, path: str) -> str:
     return path
 
 
+def _gpt2_bytes_to_unicode() -> dict:
+    """GPT-2's byte -> unicode character map, the alphabet byte-level BPE vocabularies are written in."""
+    bs = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1), *range(ord('®'), ord('ÿ') + 1)]
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
 def build_scripted_gguf(path: str, reply: str, chunk: int = 8, hidden: int = 256, layers: int = 2,
                         ff: int = 1024, corpus: list | None = None, seed: int = 0) -> str:
     """A tiny GGUF that answers every conversation with exactly `reply`, token by token, then <|eot_id|>.
 
-    How: the reply is cut into pieces that become new tokens of their own: user-defined tokens, which llama.cpp
-    matches before BPE, each (where the reply allows) a text found only once in the reply, so the reply sent back in
-    the next turn's prompt reads as mostly the same tokens, as a real model's reply does, and the conversation
-    cache and prompt-lookup drafts meet it as they would meet a real model's. Every block's attention and MLP
-    output weights are zero, so the last hidden state is the current token's embedding, and the output matrix maps
-    each embedding to the next token of the script (the generation prompt's last token, '\\n', to the first
-    piece). The margin is so wide that any temperature/top-p gives the script. The other weights only cost time,
-    like a real model's would (`layers`, `ff`)."""
+    How: the reply is cut into pieces that become new tokens of their own; every block's attention and MLP output
+    weights are zero, so the last hidden state is the current token's embedding, and the output matrix maps each
+    embedding to the next token of the script (the generation prompt's last token, '\\n', to the first piece). The
+    margin is so wide that any temperature/top-p gives the script. The other weights only cost time, like a
+    real model's would (`layers`, `ff`)."""
     import numpy as np
     import gguf
     tok = build_tokenizer(corpus or default_corpus())
     vocab = tok.backend_tokenizer.get_vocab(with_added_tokens=True)
+    to_unicode = _gpt2_bytes_to_unicode()
 
-    def once(text):  # occurs exactly once in the reply: llama.cpp then reads the reply back as these pieces
-        first = reply.find(text)
-        return reply.find(text, first + 1) < 0
-
-    def fits(text):  # llama-cpp-python detokenizes a token into 32 bytes at most
-        return len(text.encode('utf-8')) <= 32
+    def byte_level(text):
+        return ''.join(to_unicode[b] for b in text.encode('utf-8'))
 
     pieces, seen, i = [], set(vocab), 0  # every piece a token of its own: llama.cpp refuses duplicate texts
     while i < len(reply):
-        ends = [n for n in range(chunk, min(32, len(reply) - i) + 1) if fits(reply[i:i + n])] or [len(reply) - i]
-        # the shortest piece found nowhere else in the reply, else (a long repeated run) the shortest new one
-        n = next((n for n in ends if once(reply[i:i + n]) and reply[i:i + n] not in seen), None) or \
-            next((n for n in ends if reply[i:i + n] not in seen), ends[-1])
-        piece = reply[i:i + n]  # a user-defined token's text is the text itself, not GPT-2's byte-level form
+        n = chunk
+        while byte_level(reply[i:i + n]) in seen and i + n < len(reply):
+            n += 1
+        piece = byte_level(reply[i:i + n])
         if piece in seen:  # the reply's tail repeats an earlier piece: it joins the piece before it
             seen.discard(pieces[-1])
             piece = pieces.pop() + piece
@@ -194,7 +199,7 @@ def build_scripted_gguf(path: str, reply: str, chunk: int = 8, hidden: int = 256
     heads, head_dim = 4, hidden // 4
     writer = gguf.GGUFWriter(path, 'llama')
     _gguf_header(writer, n_vocab, hidden, layers, ff, heads, heads)
-    _gguf_tokenizer(writer, tok, pieces, extra_type=gguf.TokenType.USER_DEFINED)
+    _gguf_tokenizer(writer, tok, pieces)
     tensors = {'token_embd.weight': embd, 'output_norm.weight': np.ones(hidden), 'output.weight': out}
     for b in range(layers):
         small = lambda *shape: rng.standard_normal(shape) * 0.02  # noqa: E731

@@ -1,5 +1,5 @@
-"""`python -m lib_omost bench live` runs end to end (a high token rate, yet slow enough for the UI's streaming budget
-(ui.STREAM_MIN_S, STREAM_BYTES_PER_S) to let several updates out during the reply); its figures are for the README."""
+"""`python -m lib_omost bench live` runs end to end (a high token rate, yet a reply long enough in time for the live
+preview to update the editor while it streams); its figures are for the README."""
 
 import argparse
 

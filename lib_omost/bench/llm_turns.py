@@ -136,11 +136,9 @@ def _variant(kind: str, model: str, script, reuse: bool, draft: str, threads: in
     conv, turns = Conversation(), {}
     for number, (message, text, ids) in enumerate(zip(USER_MESSAGES, script.replies_text, script.replies), 1):
         if number in answer:
-            if limit:
+            if limit:  # only 'cold' is cut, and it answers the last turn: nothing follows the cut reply
                 text, ids = script.tok.decode(ids[:limit]), ids[:limit]
             turns[number] = _turn(backend, conv, message, params, text, len(ids))
-            if limit:  # the rest of the conversation goes on from the transcript's whole reply
-                conv.turns[-1] = Turn(message, script.replies_text[number - 1])
         else:  # the transcript's turn, as if the model had written it
             conv.turns.append(Turn(message, text))
     after = rss_mb()

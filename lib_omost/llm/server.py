@@ -102,20 +102,19 @@ class _Inflated:
         return data
 
 
-def _prompt_reuse(chunk: dict) -> dict | None:
+def _prompt_reuse(usage: dict, timings) -> dict | None:
     """{'prompt_tokens', 'prompt_reused'} where the server says how much of the prompt it took from its cache:
     OpenAI's `usage.prompt_tokens_details.cached_tokens` (llama.cpp's server sends it, tools/server/server-task.cpp
     usage_json, as do vLLM with prefix caching and OpenAI), else llama.cpp's `timings` (`cache_n` reused, `prompt_n`
     evaluated; older llama-server builds); None where it says nothing."""
     def count(value):
         return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-    usage = chunk.get('usage') if isinstance(chunk.get('usage'), dict) else {}
     details = usage.get('prompt_tokens_details')
     cached = count(details.get('cached_tokens')) if isinstance(details, dict) else None
     total = count(usage.get('prompt_tokens'))
     if cached is not None and total:
         return {'prompt_tokens': total, 'prompt_reused': min(cached, total)}
-    timings = chunk.get('timings') if isinstance(chunk.get('timings'), dict) else {}
+    timings = timings if isinstance(timings, dict) else {}
     reused, evaluated = count(timings.get('cache_n')), count(timings.get('prompt_n'))
     if reused is not None and evaluated is not None and reused + evaluated:
         return {'prompt_tokens': reused + evaluated, 'prompt_reused': reused}
@@ -367,7 +366,7 @@ class ServerBackend:
         usage = chunk.get('usage')
         if isinstance(usage, dict) and usage.get('prompt_tokens'):
             events.append(('usage', usage))
-        reuse = _prompt_reuse(chunk)
+        reuse = _prompt_reuse(usage if isinstance(usage, dict) else {}, chunk.get('timings'))
         if reuse is not None:
             events.append(('stats', reuse))
         choices = chunk.get('choices')
